@@ -37,4 +37,6 @@ class ConfigError(LivesenseError):
 
 def missing_package(package: str, what: str, extra: str | None = None) -> ModelMissingError:
     how = f"pip install 'livesense[{extra}]'" if extra else f"pip install {package}"
-    return ModelMissingError(f"{what} needs the package '{package}', which is not installed: {how}.")
+    return ModelMissingError(
+        f"{what} needs the package '{package}', which is not installed: {how}."
+    )

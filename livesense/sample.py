@@ -26,9 +26,17 @@ class Scene:
 
 
 DEMO_SCENES = [
-    Scene(7.0, ["PLATFORM 9", "ROME 07:30"], "The train to Rome leaves from platform nine at seven thirty."),
-    Scene(7.0, ["CAFE", "OPEN UNTIL 22:00"], "The cafe on the upper level is open until ten tonight.",
-          (90, 30, 30)),
+    Scene(
+        7.0,
+        ["PLATFORM 9", "ROME 07:30"],
+        "The train to Rome leaves from platform nine at seven thirty.",
+    ),
+    Scene(
+        7.0,
+        ["CAFE", "OPEN UNTIL 22:00"],
+        "The cafe on the upper level is open until ten tonight.",
+        (90, 30, 30),
+    ),
 ]
 
 
@@ -47,7 +55,9 @@ def speak(text: str, rate: int = 16_000) -> np.ndarray:
     return np.interp(np.linspace(0, len(pcm) - 1, n), np.arange(len(pcm)), pcm).astype(np.float32)
 
 
-def render_card(lines: list[str], size: tuple[int, int], bg: tuple[int, int, int], t: float) -> np.ndarray:
+def render_card(
+    lines: list[str], size: tuple[int, int], bg: tuple[int, int, int], t: float
+) -> np.ndarray:
     """A title card with big clear text and a small moving marker (so frames differ)."""
     w, h = size
     img = np.zeros((h, w, 3), np.uint8)
@@ -56,8 +66,16 @@ def render_card(lines: list[str], size: tuple[int, int], bg: tuple[int, int, int
     for i, line in enumerate(lines):
         (tw, th), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1.6 * scale, int(4 * scale))
         y = int(h * (0.35 + 0.3 * i)) + th // 2
-        cv2.putText(img, line, ((w - tw) // 2, y), cv2.FONT_HERSHEY_SIMPLEX, 1.6 * scale,
-                    (255, 255, 255), int(4 * scale), cv2.LINE_AA)
+        cv2.putText(
+            img,
+            line,
+            ((w - tw) // 2, y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            1.6 * scale,
+            (255, 255, 255),
+            int(4 * scale),
+            cv2.LINE_AA,
+        )
     x = int((t * 40) % max(1, w - 20))
     img[h - 14 : h - 6, x : x + 12] = (250, 200, 0)
     return img
@@ -93,7 +111,9 @@ def make_sample(
         for i in range(n_frames):
             t = i / fps
             scene = scenes[int(np.searchsorted(bounds, t, side="right"))]
-            frame = av.VideoFrame.from_ndarray(render_card(scene.caption, size, scene.background, t), "rgb24")
+            frame = av.VideoFrame.from_ndarray(
+                render_card(scene.caption, size, scene.background, t), "rgb24"
+            )
             frame.pts = i
             frame.time_base = Fraction(1, fps)
             out.mux(vs.encode(frame))

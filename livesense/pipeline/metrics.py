@@ -11,9 +11,15 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
 )
-DROPS = Counter("livesense_drops_total", "Items dropped by a bounded queue or shed.", ["stream", "what"])
-LAG = Gauge("livesense_lag_seconds", "How far a live stream's stored snippets trail live.", ["stream"])
-QUEUE_FILL = Gauge("livesense_queue_items", "Items waiting in a pipeline queue.", ["stream", "queue"])
+DROPS = Counter(
+    "livesense_drops_total", "Items dropped by a bounded queue or shed.", ["stream", "what"]
+)
+LAG = Gauge(
+    "livesense_lag_seconds", "How far a live stream's stored snippets trail live.", ["stream"]
+)
+QUEUE_FILL = Gauge(
+    "livesense_queue_items", "Items waiting in a pipeline queue.", ["stream", "queue"]
+)
 END_TO_QUERYABLE = Histogram(
     "livesense_snippet_queryable_seconds",
     "From a snippet's end (wall clock) until it is searchable.",

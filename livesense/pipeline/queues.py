@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from enum import Enum
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class DropPolicy(str, Enum):
+class DropPolicy(StrEnum):
     """What a full queue does with one more item.
 
     WAIT: the producer waits (files: nothing is ever dropped).

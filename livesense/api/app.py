@@ -1,0 +1,229 @@
+"""The HTTP and WebSocket API (FastAPI; OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from livesense import __version__
+from livesense.api.whip import whip_router
+from livesense.errors import LivesenseError, NotFoundError, QueryError, SourceError
+from livesense.memory.store import MemoryStore
+from livesense.memory.watch import WatchHub
+from livesense.pipeline import metrics
+from livesense.pipeline.manager import StreamManager, check_stream_id
+from livesense.records import Hit
+
+STATIC = Path(__file__).parent / "static"
+
+
+class AskRequest(BaseModel):
+    question: str = Field(..., min_length=1, max_length=1000)
+    stream: str | None = Field(None, max_length=64)
+
+
+class StartStream(BaseModel):
+    url: str = Field(..., min_length=1, max_length=4096)
+    stream: str | None = Field(None, max_length=64)
+    realtime: bool = False
+
+
+class AuthError(LivesenseError):
+    status = 401
+
+
+@dataclass
+class Services:
+    store: MemoryStore
+    manager: StreamManager | None
+    hub: WatchHub
+    token: str | None = None
+
+
+def hit_json(hit: Hit) -> dict[str, Any]:
+    """A hit as the API shows it: keyframes become URLs under /v1/keyframes."""
+    out = hit.to_json()
+    ref = out["evidence"].get("keyframe")
+    if ref:
+        out["evidence"]["keyframe"] = f"/v1/keyframes/{ref}"
+    return out
+
+
+def create_app(services: Services) -> FastAPI:
+    """The service's app around already-open memory, manager and watch hub."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if services.manager is not None:
+            await services.manager.close()
+
+    app = FastAPI(title="livesense", version=__version__, lifespan=lifespan)
+    app.state.services = services
+
+    @app.exception_handler(LivesenseError)
+    async def on_error(request: Request, exc: LivesenseError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        reason = first.get("msg", "invalid request")
+        return JSONResponse({"error": f"Invalid {where or 'request'}: {reason}."}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    def authorize(request: Request) -> None:
+        if services.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), services.token):
+            raise AuthError("A valid 'Authorization: Bearer <token>' header is required.")
+
+    auth = [Depends(authorize)]
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        running = services.manager.running() if services.manager else []
+        return {"status": "ok", "version": __version__, "streams": running}
+
+    @app.get("/metrics", dependencies=auth, tags=["service"])
+    def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/search", dependencies=auth, tags=["query"])
+    def search(
+        q: Annotated[str, Query(min_length=1, max_length=1000)],
+        stream: Annotated[str | None, Query(max_length=64)] = None,
+        top_k: Annotated[int, Query(ge=1, le=100)] = 5,
+        start: Annotated[float | None, Query(ge=0)] = None,
+        end: Annotated[float | None, Query(ge=0)] = None,
+    ) -> dict[str, Any]:
+        if stream is not None:
+            check_stream_id(stream)
+        t0 = time.perf_counter()
+        services.store.refresh()
+        hits = services.store.search(q, stream=stream, start=start, end=end, top_k=top_k)
+        metrics.QUERY_SECONDS.labels("search").observe(time.perf_counter() - t0)
+        return {"hits": [hit_json(h) for h in hits]}
+
+    @app.post("/v1/ask", dependencies=auth, tags=["query"])
+    def ask(body: AskRequest) -> dict[str, Any]:
+        if body.stream is not None:
+            check_stream_id(body.stream)
+        t0 = time.perf_counter()
+        services.store.refresh()
+        answer = services.store.ask(body.question, stream=body.stream)
+        metrics.QUERY_SECONDS.labels("ask").observe(time.perf_counter() - t0)
+        return {"answer": answer.text, "hits": [hit_json(h) for h in answer.hits]}
+
+    @app.get("/v1/streams", dependencies=auth, tags=["streams"])
+    def list_streams() -> dict[str, Any]:
+        services.store.refresh()
+        live = {s.stream: s for s in services.manager.statuses()} if services.manager else {}
+        out = []
+        for info in services.store.streams():
+            status = live.pop(info["stream"], None)
+            out.append({**info, "ingest": status.to_json() if status else None})
+        for status in live.values():
+            out.append({"stream": status.stream, "records": 0, "ingest": status.to_json()})
+        return {"streams": out}
+
+    @app.post("/v1/streams", dependencies=auth, tags=["streams"], status_code=201)
+    async def start_stream(body: StartStream) -> dict[str, Any]:
+        if services.manager is None:
+            raise LivesenseError("This process only answers queries; it ingests no streams.")
+        pipeline = await services.manager.start(body.url, body.stream, realtime=body.realtime)
+        # Give the source a moment to open so a bad URL is answered here, not later.
+        for _ in range(100):
+            if pipeline.status.state != "starting":
+                break
+            await asyncio.sleep(0.05)
+        if pipeline.status.state == "error":
+            raise SourceError(pipeline.status.error or "The source could not be opened.")
+        return pipeline.status.to_json()
+
+    @app.delete("/v1/streams/{stream}", dependencies=auth, tags=["streams"])
+    async def stop_stream(stream: str) -> dict[str, Any]:
+        check_stream_id(stream)
+        if services.manager is None:
+            raise NotFoundError(f"Stream {stream} is not being ingested.")
+        status = await services.manager.stop(stream)
+        return status.to_json()
+
+    @app.get("/v1/keyframes/{stream}/{name}", dependencies=auth, tags=["query"])
+    def keyframe(stream: str, name: str) -> FileResponse:
+        check_stream_id(stream)
+        index = name.removesuffix(".jpg")
+        if not index.isdigit():
+            raise NotFoundError(f"No keyframe named {name[:40]!r}.")
+        path = services.store.keyframe_path(stream, int(index))
+        if path is None or not path.is_file():
+            raise NotFoundError(f"Stream {stream} has no keyframe {index}.")
+        return FileResponse(path, media_type="image/jpeg")
+
+    @app.websocket("/v1/watch")
+    async def watch(ws: WebSocket) -> None:
+        q = ws.query_params.get("q", "").strip()
+        stream = ws.query_params.get("stream") or None
+        if services.token is not None:
+            header = ws.headers.get("authorization", "")
+            given = header.partition(" ")[2].strip() or ws.query_params.get("token", "")
+            if not hmac.compare_digest(given, services.token):
+                await ws.close(code=1008, reason="A valid bearer token is required.")
+                return
+        try:
+            if not q or len(q) > 1000:
+                raise QueryError("A watch needs a query 'q' of 1 to 1000 characters.")
+            if stream is not None:
+                check_stream_id(stream)
+        except QueryError as e:
+            await ws.close(code=1008, reason=str(e))
+            return
+        await ws.accept()
+        sub = await asyncio.to_thread(services.hub.subscribe, q, stream=stream)
+        try:
+            await ws.send_json({"watching": {"q": q, "stream": stream}})
+            receiver = asyncio.create_task(ws.receive_text())
+            while True:
+                getter = asyncio.create_task(sub.queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, receiver}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiver in done:
+                    getter.cancel()
+                    receiver.result()  # raises WebSocketDisconnect when the client leaves
+                    receiver = asyncio.create_task(ws.receive_text())
+                    continue
+                await ws.send_json({"hit": hit_json(getter.result())})
+        except WebSocketDisconnect:
+            pass
+        finally:
+            services.hub.unsubscribe(sub)
+            for task in (locals().get("receiver"), locals().get("getter")):
+                if isinstance(task, asyncio.Task):
+                    task.cancel()
+
+    app.include_router(whip_router(services))  # before the page, which is mounted at /
+    if STATIC.is_dir() and (STATIC / "index.html").exists():
+        app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
+
+    return app

@@ -1,0 +1,100 @@
+"""Owns the streams being ingested: start from a URL, list, stop; every task tracked."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+from livesense.config import Settings
+from livesense.errors import LivesenseError, NotFoundError, QueryError
+from livesense.memory.search import check_stream as check_stream_id
+from livesense.memory.store import MemoryStore
+from livesense.pipeline.perception import Perception
+from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
+from livesense.stream.source import MediaSource
+
+__all__ = ["StreamManager", "TooManyStreams", "check_stream_id", "stream_id_for"]
+
+
+class TooManyStreams(LivesenseError):
+    status = 503
+
+
+def stream_id_for(url: str) -> str:
+    """A readable default stream id from a source URL or path ("lobby.mp4" -> "lobby")."""
+    parsed = urlparse(url)
+    name = Path(parsed.path).stem or parsed.hostname or "stream"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "stream"
+    return name[:64]
+
+
+class StreamManager:
+    """Starts and stops StreamPipelines inside the running event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: MemoryStore,
+        perception: Perception,
+        *,
+        max_streams: int = 16,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.perception = perception
+        self.max_streams = max_streams
+        self.pipelines: dict[str, StreamPipeline] = {}
+        self.tasks: dict[str, asyncio.Task[StreamStatus]] = {}
+
+    def running(self) -> list[str]:
+        return [sid for sid, task in self.tasks.items() if not task.done()]
+
+    async def start(
+        self,
+        url: str,
+        stream: str | None = None,
+        *,
+        realtime: bool = False,
+        source: MediaSource | None = None,
+    ) -> StreamPipeline:
+        """Start ingesting `url` (or an already open `source`) as `stream`."""
+        stream = check_stream_id(stream or stream_id_for(url))
+        if stream in self.running():
+            raise QueryError(f"Stream {stream} is already being ingested; stop it first.")
+        if len(self.running()) >= self.max_streams:
+            raise TooManyStreams(
+                f"This service already ingests {self.max_streams} streams, its limit."
+            )
+        pipeline = StreamPipeline(
+            stream,
+            url,
+            self.settings,
+            self.store,
+            self.perception,
+            realtime=realtime,
+            source=source,
+        )
+        self.pipelines[stream] = pipeline
+        self.tasks[stream] = asyncio.create_task(pipeline.run(), name=f"stream-{stream}")
+        return pipeline
+
+    async def stop(self, stream: str, timeout: float = 30.0) -> StreamStatus:  # noqa: ASYNC109
+        pipeline = self.pipelines.get(stream)
+        task = self.tasks.get(stream)
+        if pipeline is None or task is None:
+            raise NotFoundError(f"Stream {stream} is not being ingested.")
+        pipeline.stop()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+            return pipeline.status
+
+    def statuses(self) -> list[StreamStatus]:
+        return [p.status for p in self.pipelines.values()]
+
+    async def close(self) -> None:
+        for sid in self.running():
+            await self.stop(sid)

@@ -1,0 +1,131 @@
+"""The perception models, loaded once per process and shared by every stream.
+
+Neural models run behind livesense/engines (best backend per model, TensorRT where there is
+one); every stream's stages share one engine per model and, with `engines.batch` on, one
+cross-stream batcher per model (VAD windows, OCR lines, text, CLIP), so the requests of all
+streams fill batches together. Whisper runs on CTranslate2, on the device the same
+`device` setting chooses.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from livesense.config import EngineSettings, PerceptionSettings
+from livesense.engines.engine_factory import EngineFactory, configure_engines, shared_factory
+from livesense.engines.text import TextEmbedder, shared_text_embedder
+from livesense.pipeline.audio import AudioPerception
+from livesense.pipeline.combiner import EvidenceCombiner
+from livesense.pipeline.vision import VisionPerception
+
+
+class Perception:
+    """Loads each default model on first use and hands out per-stream stages."""
+
+    def __init__(
+        self,
+        settings: PerceptionSettings,
+        engines: EngineSettings | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.settings = settings
+        self.engine_settings = engines
+        self.device = device
+        self._factory: EngineFactory | None = None
+        self._vad_engine: Any = None
+        self._vad_batcher: Any = None
+        self._lock = threading.Lock()
+        self._transcriber: object | None = None
+        self._ocr: object | None = None
+        self._faces: object | None = None
+        self._tagger: object | None = None
+        self._clip: object | None = None
+        self._combiner: EvidenceCombiner | None = None
+
+    @property
+    def factory(self) -> EngineFactory:
+        """The process's engine factory, configured from the engine settings given (if any)."""
+        if self._factory is None:
+            if self.engine_settings is not None:
+                self._factory = configure_engines(self.engine_settings, self.device)
+            else:
+                self._factory = shared_factory()
+        return self._factory
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        self.factory  # noqa: B018  (configures the shared factory before the embedder loads)
+        return shared_text_embedder()
+
+    def load(self) -> None:
+        """Load every enabled model now, so a missing package fails before any media flows."""
+        s = self.settings
+        with self._lock:
+            factory = self.factory
+            if s.asr and self._transcriber is None:
+                from livesense.engines.whisper import Transcriber
+
+                self._transcriber = Transcriber(
+                    s.asr_model, device=self.device, threads=s.asr_threads
+                )
+            if s.events and self._tagger is None:
+                from livesense.engines.events import AudioEventTagger
+
+                self._tagger = AudioEventTagger()
+            if s.ocr and self._ocr is None:
+                from livesense.engines.ocr import OcrReader
+
+                self._ocr = OcrReader(max_side=s.ocr_max_side, factory=factory)
+            if s.faces and self._faces is None:
+                from livesense.engines.faces import FaceDetector
+
+                self._faces = FaceDetector()
+            if s.clip_image and s.clip_text and self._clip is None:
+                from livesense.engines.clip import ClipEncoder
+
+                self._clip = ClipEncoder(Path(s.clip_image), Path(s.clip_text), factory=factory)
+            if self._vad_engine is None:
+                from livesense.engines.model_spec import vad_spec
+                from livesense.engines.vad import vad_batcher
+
+                self._vad_engine = factory.engine(vad_spec(), threads=1)
+                self._vad_batcher = vad_batcher(factory)
+            if self._combiner is None:
+                self._combiner = EvidenceCombiner(self.embedder)
+
+    @property
+    def combiner(self) -> EvidenceCombiner:
+        self.load()
+        assert self._combiner is not None
+        return self._combiner
+
+    def audio_stage(self, live: bool) -> AudioPerception:
+        from livesense.engines.vad import SileroVad
+
+        self.load()
+        return AudioPerception(
+            self.settings,
+            live=live,
+            transcriber=self._transcriber,  # type: ignore[arg-type]
+            tagger=self._tagger,  # type: ignore[arg-type]
+            vad=SileroVad(engine=self._vad_engine, batcher=self._vad_batcher),
+        )
+
+    def engines(self) -> list[dict[str, Any]]:
+        """What each loaded model runs on (backend, providers, precision, cache), and timing."""
+        self.load()
+        out = [e.describe() for e in self.factory.engines()]
+        for name, b in self.factory.batchers().items():
+            out.append({"batcher": name, **b.stats.as_json()})
+        return out
+
+    def vision_stage(self) -> VisionPerception:
+        self.load()
+        return VisionPerception(
+            self.settings,
+            ocr=self._ocr,  # type: ignore[arg-type]
+            faces=self._faces,  # type: ignore[arg-type]
+            clip=self._clip,  # type: ignore[arg-type]
+        )
