@@ -1,0 +1,94 @@
+"""RTSP ingest from a real server (ffmpeg RTP relayed by tests.media.RtspServer)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from livesense.errors import SourceError
+from livesense.pipeline.snippeter import Snippeter
+from livesense.records import AUDIO_RATE, EndOfStream, Snippet, VideoFrame
+from livesense.stream import MediaSource, open_source
+from tests.media import RtspServer, make_clip, marker_time, tone_second
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+
+FPS = 30
+
+
+def connect(url: str, **kw: object) -> MediaSource:
+    """Open the RTSP URL, retrying while the server comes up."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return open_source(url, timeout=5.0, **kw)  # type: ignore[arg-type]
+        except SourceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+async def ingest(source: MediaSource, pause: float = 0.0) -> tuple[list[Snippet], EndOfStream]:
+    snippeter = Snippeter("cam", 2.0, source.has_audio, source.has_video)
+    out: list[Snippet] = []
+    async for item in source.items():
+        if isinstance(item, EndOfStream):
+            return out + snippeter.flush(), item
+        if snippeter.wall_anchor is None:
+            snippeter.wall_anchor = source.wall_anchor
+        if pause:
+            await asyncio.sleep(pause)  # a slow consumer (the decoder must not wait for it)
+            pause = 0.0
+        out += snippeter.push(item)
+    raise AssertionError("items() ended without EndOfStream")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("rtsp") / "clip.mp4", 4.0)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_rtsp_stream_gives_aligned_live_snippets(clip: Path, transport: str) -> None:
+    with RtspServer(clip) as server:
+        began = time.time()
+        source = connect(server.url, rtsp_transport=transport)
+        assert source.live and source.has_audio and source.has_video
+        snippets, end = asyncio.run(ingest(source))
+    took = time.time() - began
+    assert end.reason is None and 3.5 < took < 10  # served in real time (ffmpeg -re)
+    assert source.drops == 0 and source.frames_decoded >= 30  # joins at a keyframe
+    assert source.wall_anchor is not None and abs(source.wall_anchor - began) < 2.0
+    full = [s for s in snippets if not s.missing]
+    assert len(full) >= 2
+    for s in snippets:
+        assert s.wall == pytest.approx(source.wall_anchor + s.start, abs=0.6)
+        assert s.audio is not None and len(s.audio) == 2 * AUDIO_RATE
+    # picture and sound stay in step: around each frame, the tone names the frame's second
+    checked = 0
+    for s in full:
+        assert s.audio is not None
+        for f in s.frames:
+            shown = marker_time(f.image, FPS)
+            if not 0.2 < shown % 1 < 0.8:
+                continue
+            at = int(round((f.t - s.start) * AUDIO_RATE))
+            window = s.audio[max(0, at - 1600) : at + 1600]
+            if len(window) == 3200:
+                assert tone_second(window) == int(shown), (f.t, shown)
+                checked += 1
+    assert checked >= 3
+
+
+def test_rtsp_slow_reader_loses_video_first_not_the_stream(clip: Path) -> None:
+    with RtspServer(clip) as server:
+        source = connect(server.url, queue_size=8)
+        snippets, end = asyncio.run(ingest(source, pause=2.0))
+    assert end.reason is None
+    assert source.drops > 0 and source.video_drops >= 1  # counted, oldest video first
+    assert source.drops == source.video_drops + source.audio_drops
+    assert snippets and any(isinstance(f, VideoFrame) for s in snippets for f in s.frames)
