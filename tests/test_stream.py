@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import itertools
 import math
 import shutil
 import socket
@@ -386,3 +387,27 @@ def test_file_handoff_waits_and_never_drops() -> None:
     handoff, got, waited = asyncio.run(scenario())
     assert got == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and handoff.drops == 0
     assert waited >= 0.15
+
+
+async def test_capture_source_reads_frames_through_opencv(tmp_path: Path) -> None:
+    """The V4L2 path (OpenCV) samples, downscales and stamps frames like any live source.
+
+    No camera exists here, so the same capture loop reads a file through OpenCV's FFmpeg
+    backend; the device itself is opened with cv2.CAP_V4L2.
+    """
+    import cv2
+
+    from livesense.stream.capture import CaptureSource
+
+    clip = tmp_path / "cam.mp4"
+    make_clip(clip, seconds=1.0, audio=False, size=(1280, 720))
+    src = CaptureSource(str(clip), fps=30.0, max_side=320, backend=cv2.CAP_FFMPEG)
+    frames = [it async for it in src.items() if isinstance(it, VideoFrame)]
+    assert frames and frames[0].image.shape == (180, 320, 3)
+    assert src.live and src.wall_anchor is not None and not src.has_audio
+    assert all(b.t > a.t for a, b in itertools.pairwise(frames))
+
+
+def test_missing_v4l2_device_is_one_sentence() -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        open_source("v4l2:///dev/video99")

@@ -183,6 +183,16 @@ def open_source(
     if not timeout > 0:
         raise ConfigError(f"The timeout must be above 0 seconds, not {timeout}.")
     url = str(url)  # a Path is welcome too
+    if url.lower().startswith("v4l2://") and not any(
+        n in av.formats_available for n in DEVICE_FORMATS["v4l2"]
+    ):
+        # PyAV's wheels lack the v4l2 input: read the device through OpenCV's V4L2 backend.
+        from livesense.stream.capture import CaptureSource
+
+        device = url.split("://", 1)[1].partition("?")[0]
+        if not device or not Path(device).exists():
+            raise SourceError(f"The video device {device or '(none)'} does not exist.")
+        return CaptureSource(device, fps=fps, max_side=max_side, queue_size=queue_size, url=url)
     target = _resolve(url, rtsp_transport, timeout)
     if target.kind == "file":
         path = Path(target.arg)
