@@ -1,0 +1,240 @@
+"""Hybrid scoring: dense (embedding) and lexical (FTS5 words + trigrams) evidence combined.
+
+For a query q and a stored moment m:
+
+    cos(m)      = max over m's tokens of cos(embed(q), token)
+    dense(m)    = clip((cos(m) - DENSE_FLOOR) / (DENSE_CEIL - DENSE_FLOOR), 0, 1)
+                  (MiniLM puts unrelated text at cos 0..0.2 and paraphrases at 0.35..0.8)
+    credit(t,m) = 1 if q's content word t is in m as a word, phrase or code,
+                  SUBSTRING_CREDIT if only inside a longer glued word, else 0
+    lexical(m)  = sum_t idf(t) * credit(t, m) / sum_t idf(t)
+                  idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)), BM25's idf, df from FTS5
+    score(m)    = DENSE_WEIGHT * dense + LEXICAL_WEIGHT * lexical
+                  + ALL_TERMS_BONUS if every content word of q was found
+
+The score lies in [0, 1]. Lexical is BM25 with term frequency saturated at one occurrence and
+no length normalisation (a moment is a sentence or two of speech and a few lines of text):
+ranking all matches of a common word by FTS5's bm25() costs 25-150 ms at 100k moments, so
+FTS5 finds candidates (the newest matches of all words together, and of each word, as a word
+or inside glued text) and its vocabulary gives the document frequencies. Standing queries
+(memory.watch) use the same formula with uniform idf: one new record has no corpus to weigh
+words against.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from livesense.errors import QueryError
+from livesense.memory.index import VectorIndex
+from livesense.memory.lexical import (
+    Term,
+    fts_all,
+    fts_term,
+    match_terms,
+    query_terms,
+    stream_key,
+    trigram_term,
+)
+
+DENSE_FLOOR = 0.15
+DENSE_CEIL = 0.75
+DENSE_WEIGHT = 0.55
+LEXICAL_WEIGHT = 0.35
+ALL_TERMS_BONUS = 0.10
+
+DENSE_CANDIDATES = 64  # dense candidates taken into fusion (at least 4 x top_k)
+LEXICAL_CANDIDATES = 200  # newest rows matching all words taken into fusion...
+TERM_CANDIDATES = 100  # ...and newest rows matching each word
+MAX_LEXICAL_TERMS = 8  # words looked up one by one (the rest only count in the score)
+
+MAX_QUERY = 1000
+_STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_stream(stream: str) -> str:
+    """A valid stream id (letters, digits, '_', '.', '-'; 1 to 64), or QueryError."""
+    if not isinstance(stream, str) or not _STREAM_ID.fullmatch(stream) or set(stream) == {"."}:
+        raise QueryError(
+            f"{str(stream)[:70]!r} is not a valid stream id: use 1 to 64 letters, digits, "
+            "'_', '.' or '-'."
+        )
+    return stream
+
+
+def check_query(query: str) -> str:
+    """The stripped query, or QueryError when it is empty or longer than MAX_QUERY."""
+    q = (query or "").strip()
+    if not q:
+        raise QueryError("The query is empty; say what to look for.")
+    if len(q) > MAX_QUERY:
+        raise QueryError(f"The query is {len(q)} characters long; at most {MAX_QUERY} are allowed.")
+    return q
+
+
+def hybrid_score(dense: float, lexical: float, every: bool) -> float:
+    """The documented mix of dense similarity (a raw cosine) and lexical coverage, in [0, 1]."""
+    d = min(max((dense - DENSE_FLOOR) / (DENSE_CEIL - DENSE_FLOOR), 0.0), 1.0)
+    lex = min(max(lexical, 0.0), 1.0)
+    return DENSE_WEIGHT * d + LEXICAL_WEIGHT * lex + (ALL_TERMS_BONUS if every else 0.0)
+
+
+def idf(df: int, n: int) -> float:
+    """BM25's inverse document frequency (always positive)."""
+    n = max(n, df, 1)
+    return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
+def _newest(
+    conn: sqlite3.Connection,
+    table: str,
+    expr: str,
+    limit: int,
+    scope: Scope | None = None,
+) -> list[int]:
+    """Row ids of the newest `limit` rows matching an FTS5 expression, within the scope.
+
+    Cheap: no ranking; rows come newest first, from the scope's stream and id span only, and
+    the scan stops at the limit.
+    """
+    column = "norm" if table == "fts" else "lex"
+    match = f"{{{column}}} : ({expr})"
+    if scope is None:
+        sql = f"SELECT rowid FROM {table} WHERE {table} MATCH ? ORDER BY rowid DESC LIMIT ?"
+        try:
+            return [int(r[0]) for r in conn.execute(sql, (match, limit))]
+        except sqlite3.OperationalError as e:
+            raise QueryError(f"The query could not be searched as text ({e}).") from None
+    if scope.stream is not None:
+        match = f'{{skey}} : "{stream_key(scope.stream)}" AND {match}'
+    out: list[int] = []
+    sql = (
+        f"SELECT rowid FROM {table} WHERE {table} MATCH ? AND rowid BETWEEN ? AND ? "
+        "ORDER BY rowid DESC"
+    )
+    try:
+        cur = conn.execute(sql, (match, scope.lo, scope.hi))
+        while len(out) < limit:
+            chunk = cur.fetchmany(1024)
+            if not chunk:
+                break
+            out.extend(scope.keep([int(r[0]) for r in chunk]))
+        cur.close()
+    except sqlite3.OperationalError as e:
+        raise QueryError(f"The query could not be searched as text ({e}).") from None
+    return out[:limit]
+
+
+def _doc_freq(conn: sqlite3.Connection, words: set[str]) -> dict[str, int]:
+    conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, fts, row)"
+    )
+    marks = ",".join("?" * len(words))
+    sql = f"SELECT term, doc FROM temp.fts_vocab WHERE term IN ({marks})"
+    return {str(t): int(d) for t, d in conn.execute(sql, sorted(words))}
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a filtered search looks: one stream (or all), the id span of the records that
+    pass the filters, and the exact filter over ids."""
+
+    stream: str | None
+    lo: int
+    hi: int
+    keep: Callable[[list[int]], list[int]]
+
+
+def lexical_candidates(
+    conn: sqlite3.Connection,
+    terms: list[Term],
+    n: int,
+    *,
+    scope: Scope | None = None,
+) -> tuple[set[int], list[float]]:
+    """(row ids worth scoring, idf weight of each term) for the lexical side. A word's
+    trigram (inside glued text) matches are looked up only when its word matches are few: a
+    common word gains nothing from them."""
+    ids: set[int] = set()
+    if len(terms) > 1:
+        ids.update(_newest(conn, "fts", fts_all(terms) or "", LEXICAL_CANDIDATES, scope))
+    inner_hits: dict[str, int] = {}
+    for t in terms[:MAX_LEXICAL_TERMS]:
+        as_word = _newest(conn, "fts", fts_term(t), TERM_CANDIDATES, scope)
+        ids.update(as_word)
+        tri = trigram_term(t)
+        if tri is not None and len(as_word) < TERM_CANDIDATES:
+            found = _newest(conn, "tri", tri, TERM_CANDIDATES, scope)
+            inner_hits[t.joined] = len(found)
+            ids.update(found)
+    words = {p for t in terms for p in t.parts} | {t.joined for t in terms}
+    df = _doc_freq(conn, words)
+    weights = []
+    for t in terms:
+        d = min(df.get(p, 0) for p in t.parts)
+        if len(t.parts) > 1:
+            d += df.get(t.joined, 0)
+        d = max(d, inner_hits.get(t.joined, 0))  # glued-only words: at least what was seen
+        weights.append(idf(d, n))
+    return ids, weights
+
+
+def _norm_texts(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, str]:
+    ids = list(ids)
+    out: dict[int, str] = {}
+    for i in range(0, len(ids), 900):
+        chunk = ids[i : i + 900]
+        marks = ",".join("?" * len(chunk))
+        for rid, norm in conn.execute(f"SELECT id, norm FROM records WHERE id IN ({marks})", chunk):
+            out[int(rid)] = norm
+    return out
+
+
+def rank(
+    conn: sqlite3.Connection,
+    index: VectorIndex,
+    qvec: np.ndarray,
+    query: str,
+    *,
+    stream: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    top_k: int = 5,
+) -> list[tuple[int, float]]:
+    """(row id, hybrid score) of the best moments, highest first, ties by row id."""
+    terms = query_terms(query)
+    dense = dict(
+        index.search(
+            qvec, top_k=max(DENSE_CANDIDATES, 4 * top_k), stream=stream, start=start, end=end
+        )
+    )
+    lex_ids: set[int] = set()
+    weights: list[float] = []
+    if terms:
+        scope = None
+        span = (0, 0)
+        if stream is not None or start is not None or end is not None:
+            span = index.span(stream=stream, start=start, end=end) or (1, 0)  # (1, 0): none
+
+            def keep(ids: list[int]) -> list[int]:
+                return index.select(ids, stream=stream, start=start, end=end)
+
+            scope = Scope(stream, span[0], span[1], keep)
+        if span[0] <= span[1]:
+            lex_ids, weights = lexical_candidates(conn, terms, len(index), scope=scope)
+    missing = [rid for rid in lex_ids if rid not in dense]
+    if missing:
+        dense.update(index.scores(qvec, missing))
+    texts = _norm_texts(conn, set(dense) | lex_ids)
+    scored: list[tuple[float, int]] = []
+    for rid, norm in texts.items():
+        coverage, every = match_terms(terms, norm, weights or None)
+        scored.append((-hybrid_score(dense.get(rid, 0.0), coverage, every), rid))
+    scored.sort()
+    return [(rid, -neg) for neg, rid in scored[:top_k]]

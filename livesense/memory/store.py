@@ -1,0 +1,689 @@
+"""MemoryStore: the embedded rolling memory in a directory (SQLite in WAL mode + keyframes).
+
+Layout: DIR/memory.db holds records (evidence as JSON, tokens as float16), two FTS5 tables
+(words and trigrams) and a meta table; DIR/keyframes/<stream>/<index>.jpg holds keyframes.
+One process writes (it holds DIR/writer.lock); any number of others read. Every add is its own
+short transaction, so a killed writer loses at most the moment in flight. Readers open the
+database read-only and catch up incrementally: new rows have larger ids, and rows removed by
+consolidation are logged with the `generation` they were removed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from livesense.config import MemorySettings
+from livesense.engines.text import DIM, TextEmbedder, shared_text_embedder
+from livesense.errors import LivesenseError, NotFoundError, QueryError
+from livesense.memory.answer import compose_answer
+from livesense.memory.consolidate import Stored, merge_group, plan_groups, salience
+from livesense.memory.index import IndexEntry, VectorIndex
+from livesense.memory.lexical import normalise, searchable_text, stream_key
+from livesense.memory.search import check_query, check_stream, rank
+from livesense.records import Answer, Evidence, Hit, OcrLine, SnippetRecord, Word
+
+if TYPE_CHECKING:
+    from livesense.memory.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REMOVED_LOG_GENERATIONS = 256  # consolidations a reader may fall behind before a full reload
+BUSY_TIMEOUT_MS = 5000
+ASK_HITS = 5
+
+__all__ = ["MemoryStore", "check_stream"]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    last_idx INTEGER NOT NULL,
+    start_t REAL NOT NULL,
+    end_t REAL NOT NULL,
+    wall REAL,
+    count INTEGER NOT NULL,
+    tier TEXT NOT NULL,
+    salience REAL NOT NULL,
+    evidence TEXT NOT NULL,
+    tokens BLOB NOT NULL,
+    ntok INTEGER NOT NULL,
+    modalities TEXT NOT NULL,
+    times TEXT NOT NULL,
+    clip BLOB,
+    clip_dim INTEGER,
+    lex TEXT NOT NULL,
+    norm TEXT NOT NULL,
+    skey TEXT NOT NULL,
+    UNIQUE(stream, idx)
+);
+CREATE INDEX IF NOT EXISTS records_time ON records(stream, start_t);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
+    norm, skey, content='records', content_rowid='id', tokenize='unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE IF NOT EXISTS tri USING fts5(
+    lex, skey, content='records', content_rowid='id', tokenize='trigram');
+CREATE TABLE IF NOT EXISTS removed(gen INTEGER NOT NULL, id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_gen ON removed(gen);
+INSERT OR IGNORE INTO meta(key, value)
+    VALUES ('schema', '{SCHEMA_VERSION}'), ('generation', '0'), ('pruned_below', '0');
+"""
+
+_COLS = (
+    "id, stream, idx, last_idx, start_t, end_t, wall, count, tier, salience, evidence, "
+    "tokens, ntok, modalities, times, clip, clip_dim, lex"
+)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def evidence_to_json(ev: Evidence) -> str:
+    return json.dumps(dataclasses.asdict(ev), default=_jsonable, ensure_ascii=False)
+
+
+def evidence_from_json(text: str) -> Evidence:
+    d = json.loads(text)
+    names = {f.name for f in dataclasses.fields(Evidence)}
+    d = {k: v for k, v in d.items() if k in names}
+    d["words"] = [Word(**w) for w in d.get("words", [])]
+    d["ocr"] = [
+        OcrLine(o["text"], tuple(o["box"]), o["score"], o["t"])  # type: ignore[arg-type]
+        for o in d.get("ocr", [])
+    ]
+    return Evidence(**d)
+
+
+def _blob(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a, np.float16).tobytes()
+
+
+def _unblob(b: bytes, dim: int) -> np.ndarray:
+    return np.frombuffer(b, np.float16).reshape(-1, dim).astype(np.float32)
+
+
+class MemoryStore:
+    """The rolling memory of all streams in one directory: add, search, ask, list."""
+
+    def __init__(
+        self,
+        root: Path,
+        settings: MemorySettings | None = None,
+        *,
+        readonly: bool = False,
+        embedder: TextEmbedder | None = None,
+        hub: WatchHub | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.settings = settings or MemorySettings()
+        self.readonly = readonly
+        self.hub = hub
+        self.db_path = self.root / "memory.db"
+        self.keyframes = self.root / "keyframes"
+        self._embedder = embedder
+        self._index = VectorIndex(DIM)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one add or consolidation at a time
+        self._refresh_lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._generation = 0
+        self._max_id = 0
+        self._lockfile: Any = None
+        self._writer: sqlite3.Connection | None = None
+        self._closed = False
+        if readonly:
+            if not self.db_path.is_file():
+                raise NotFoundError(f"There is no livesense memory in {self.root} yet.")
+        else:
+            self._open_writer()
+        try:
+            self._reload()
+        except LivesenseError:
+            self.close()
+            raise
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise LivesenseError(f"The memory in {self.root} cannot be read: {e}.") from None
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        if readonly:
+            uri = self.db_path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5
+            )
+        else:
+            conn = sqlite3.connect(
+                self.db_path, isolation_level=None, check_same_thread=False, timeout=5
+            )
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+
+    def _open_writer(self) -> None:
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keyframes.mkdir(exist_ok=True)
+        lockfile = open(self.root / "writer.lock", "a+")  # noqa: SIM115 (held while open)
+        try:
+            fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lockfile.close()
+            raise LivesenseError(
+                f"Another process is already writing to the memory in {self.root}; "
+                "stop it or open the memory read-only."
+            ) from None
+        self._lockfile = lockfile
+        try:
+            conn = self._connect(readonly=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit={64 << 20}")
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        except sqlite3.DatabaseError as e:
+            self._release_lock()
+            raise LivesenseError(f"The memory in {self.root} cannot be opened: {e}.") from None
+        self._writer = conn
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (WAL: never blocked by the writer)."""
+        if self._closed:
+            raise LivesenseError("This memory has been closed.")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=True)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._writer
+        if conn is None:
+            raise LivesenseError("This memory is open read-only; it cannot be written.")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = shared_text_embedder()
+        return self._embedder
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _meta(self, conn: sqlite3.Connection, key: str) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _load_rows(self, conn: sqlite3.Connection, after: int) -> None:
+        """Add rows with id > after to the dense index, 8192 at a time."""
+        cur = conn.execute(
+            "SELECT id, stream, start_t, end_t, ntok, tokens FROM records WHERE id > ? ORDER BY id",
+            (after,),
+        )
+        while True:
+            batch = cur.fetchmany(8192)
+            if not batch:
+                break
+            self._max_id = max(self._max_id, int(batch[-1][0]))
+            rows = [r for r in batch if r[0] not in self._index]
+            if not rows:
+                continue
+            self._index.add_packed(
+                np.array([r[0] for r in rows], np.int64),
+                [r[1] for r in rows],
+                np.array([r[2] for r in rows], np.float64),
+                np.array([r[3] for r in rows], np.float64),
+                np.array([r[4] for r in rows], np.int64),
+                np.frombuffer(b"".join(r[5] for r in rows), np.float16).reshape(-1, DIM),
+                fit=False,
+            )
+        self._index.maybe_fit()
+
+    def _reload(self) -> None:
+        """Load every stored record into the dense index."""
+        conn = self._writer or self._reader()
+        with self._refresh_lock:
+            conn.execute("BEGIN")
+            try:
+                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                    raise NotFoundError(f"There is no livesense memory in {self.root} yet.")
+                version = self._meta(conn, "schema")
+                if version != SCHEMA_VERSION:
+                    raise LivesenseError(
+                        f"The memory in {self.root} is in format {version}; this livesense "
+                        f"reads format {SCHEMA_VERSION}: ingest into a new directory."
+                    )
+                self._index.clear()
+                self._max_id = 0
+                records, tokens = conn.execute(
+                    "SELECT count(*), coalesce(sum(ntok), 0) FROM records"
+                ).fetchone()
+                self._index.reserve(int(records) + 1024, int(tokens) + 4096)
+                self._generation = self._meta(conn, "generation")
+                self._counts = {
+                    s: int(n)
+                    for s, n in conn.execute("SELECT stream, count(*) FROM records GROUP BY stream")
+                }
+                self._load_rows(conn, 0)
+            finally:
+                conn.execute("COMMIT")
+        if not self.readonly:
+            with self._write_lock:
+                for stream in list(self._counts):
+                    self._consolidate_locked(stream)
+
+    def refresh(self) -> None:
+        """Pick up what another process wrote since the last look (cheap when nothing did)."""
+        if not self.readonly or self._closed:
+            return
+        conn = self._reader()
+        with self._refresh_lock:
+            conn.execute("BEGIN")
+            try:
+                gen = self._meta(conn, "generation")
+                if gen != self._generation:
+                    if self._generation + 1 < self._meta(conn, "pruned_below"):
+                        full = True
+                    else:
+                        full = False
+                        gone = conn.execute(
+                            "SELECT id FROM removed WHERE gen > ?", (self._generation,)
+                        ).fetchall()
+                        self._index.remove(int(r[0]) for r in gone)
+                        self._generation = gen
+                else:
+                    full = False
+                if not full:
+                    self._load_rows(conn, self._max_id)
+            finally:
+                conn.execute("COMMIT")
+        if full:
+            self._reload()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
+        """Store one moment (a no-op if its snippet is already stored) and publish it."""
+        stream = check_stream(record.stream)
+        tokens = self._check_record(record)
+        index = int(record.index)
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                closed = "has been closed" if self._closed else "is open read-only"
+                raise LivesenseError(f"This memory {closed}; it cannot be written.")
+            if self._covered(conn, stream, index):
+                return
+            ev = record.evidence
+            if keyframe:
+                ev = dataclasses.replace(ev, keyframe=self._write_keyframe(stream, index, keyframe))
+            stored = Stored(
+                rid=0,
+                record=dataclasses.replace(record, tokens=tokens, evidence=ev),
+                last_index=index,
+                lex=searchable_text(ev),
+                salience=salience(ev),
+            )
+            with self._transaction() as c:
+                rid = self._insert(c, stored)
+            self._index.add(rid, tokens, stream, record.start, record.end)
+            self._max_id = max(self._max_id, rid)
+            self._counts[stream] = self._counts.get(stream, 0) + 1
+            if self._counts[stream] > self.settings.max_records_per_stream:
+                self._consolidate_locked(stream)
+        if self.hub is not None:
+            try:
+                self.hub.publish(stored.record)
+            except Exception:  # a failing standing query must not fail the ingest
+                log.exception("publishing moment %s/%s to watchers failed", stream, index)
+
+    def _check_record(self, record: SnippetRecord) -> np.ndarray:
+        tokens = np.asarray(record.tokens, np.float32)
+        if tokens.size == 0:
+            tokens = np.zeros((0, DIM), np.float32)
+        elif tokens.ndim == 1 and tokens.size == DIM:
+            tokens = tokens[None, :]
+        if tokens.ndim != 2 or tokens.shape[1] != DIM:
+            raise LivesenseError(
+                f"A record's tokens must be (K, {DIM}) vectors, not {tuple(tokens.shape)}."
+            )
+        if not np.isfinite(tokens).all():
+            raise LivesenseError("A record's tokens contain NaN or infinite values.")
+        if not (np.isfinite(record.start) and np.isfinite(record.end)) or record.end < record.start:
+            raise LivesenseError(f"A record's time span {record.start}..{record.end} is invalid.")
+        if int(record.index) < 0:
+            raise LivesenseError(f"A record's index must not be negative ({record.index}).")
+        norms = np.linalg.norm(tokens, axis=1, keepdims=True)
+        return np.where(norms > 1e-12, tokens / np.maximum(norms, 1e-12), tokens)
+
+    def _covered(self, conn: sqlite3.Connection, stream: str, index: int) -> bool:
+        row = conn.execute(
+            "SELECT last_idx FROM records WHERE stream = ? AND idx <= ? ORDER BY idx DESC LIMIT 1",
+            (stream, index),
+        ).fetchone()
+        return row is not None and int(row[0]) >= index
+
+    def _write_keyframe(self, stream: str, index: int, data: bytes) -> str:
+        folder = self.keyframes / stream
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{index}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / f"{index}.jpg")
+        return f"{stream}/{index}.jpg"
+
+    def _insert(self, conn: sqlite3.Connection, s: Stored) -> int:
+        r = s.record
+        norm = normalise(s.lex)
+        skey = stream_key(r.stream)
+        clip = None if r.clip_tokens is None else np.asarray(r.clip_tokens, np.float32)
+        cur = conn.execute(
+            "INSERT INTO records(stream, idx, last_idx, start_t, end_t, wall, count, tier, "
+            "salience, evidence, tokens, ntok, modalities, times, clip, clip_dim, lex, norm, skey) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.stream,
+                int(r.index),
+                int(s.last_index),
+                float(r.start),
+                float(r.end),
+                None if r.wall is None else float(r.wall),
+                int(r.count),
+                r.tier,
+                float(s.salience),
+                evidence_to_json(r.evidence),
+                _blob(r.tokens),
+                len(r.tokens),
+                json.dumps(list(r.token_modalities)),
+                json.dumps([float(t) for t in r.token_times]),
+                None if clip is None else _blob(clip.reshape(-1, clip.shape[-1])),
+                None if clip is None else int(clip.shape[-1]),
+                s.lex,
+                norm,
+                skey,
+            ),
+        )
+        rid = int(cur.lastrowid or 0)
+        conn.execute("INSERT INTO fts(rowid, norm, skey) VALUES (?, ?, ?)", (rid, norm, skey))
+        conn.execute("INSERT INTO tri(rowid, lex, skey) VALUES (?, ?, ?)", (rid, s.lex, skey))
+        return rid
+
+    def _delete(self, conn: sqlite3.Connection, rid: int) -> None:
+        row = conn.execute("SELECT lex, norm, skey FROM records WHERE id = ?", (rid,)).fetchone()
+        if row is None:
+            return
+        lex, norm, skey = row
+        conn.execute(
+            "INSERT INTO fts(fts, rowid, norm, skey) VALUES ('delete', ?, ?, ?)", (rid, norm, skey)
+        )
+        conn.execute(
+            "INSERT INTO tri(tri, rowid, lex, skey) VALUES ('delete', ?, ?, ?)", (rid, lex, skey)
+        )
+        conn.execute("DELETE FROM records WHERE id = ?", (rid,))
+
+    # -- consolidation -------------------------------------------------------------------
+
+    def _consolidate_locked(self, stream: str) -> None:
+        """Fold the oldest records of a stream until it is within its bound."""
+        s = self.settings
+        bound = s.max_records_per_stream
+        conn = self._writer
+        assert conn is not None
+        while self._counts.get(stream, 0) > bound:
+            n = self._counts[stream]
+            batch = min(s.consolidate_batch, n)
+            slack = max(1, min(s.consolidate_batch, bound) // 4)
+            reduce_by = min(batch - 1, n - (bound - slack))
+            rows = conn.execute(
+                f"SELECT {_COLS} FROM records WHERE stream = ? ORDER BY idx LIMIT ?",
+                (stream, batch),
+            ).fetchall()
+            items = [self._stored(r) for r in rows]
+            merges = [merge_group(g) for g in plan_groups(items, reduce_by, s.merge_similarity)]
+            merges = [m for m in merges if len(m.members) > 1]
+            if not merges:
+                break
+            removed = {rid for m in merges for rid in m.members}
+            with self._transaction() as c:
+                gen = self._meta(c, "generation") + 1
+                for m in merges:
+                    for rid in m.members:
+                        self._delete(c, rid)
+                    m.rid = self._insert(c, m)
+                c.executemany(
+                    "INSERT INTO removed(gen, id) VALUES (?, ?)",
+                    [(gen, rid) for rid in sorted(removed)],
+                )
+                floor = gen - REMOVED_LOG_GENERATIONS
+                if floor > 0:
+                    c.execute("DELETE FROM removed WHERE gen < ?", (floor,))
+                c.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?), "
+                    "('pruned_below', ?)",
+                    (str(gen), str(max(0, floor))),
+                )
+            self._generation = gen
+            self._index.remove(removed)
+            self._index.add_many(
+                [
+                    IndexEntry(m.rid, m.record.tokens, stream, m.record.start, m.record.end)
+                    for m in merges
+                ]
+            )
+            self._max_id = max(self._max_id, *(m.rid for m in merges))
+            self._counts[stream] = n - len(removed) + len(merges)
+            kept = {m.record.evidence.keyframe for m in merges}
+            for item in items:
+                ref = item.record.evidence.keyframe
+                if item.rid in removed and ref and ref not in kept:
+                    with contextlib.suppress(OSError):
+                        (self.keyframes / ref).unlink()
+
+    def _stored(self, row: tuple[Any, ...]) -> Stored:
+        (rid, stream, idx, last_idx, start, end, wall, count, tier, sal, ev, tokens, _ntok,
+         mods, times, clip, clip_dim, lex) = row  # fmt: skip
+        record = SnippetRecord(
+            stream=stream,
+            index=int(idx),
+            start=float(start),
+            end=float(end),
+            tokens=_unblob(tokens, DIM),
+            token_modalities=list(json.loads(mods)),
+            token_times=[float(t) for t in json.loads(times)],
+            evidence=evidence_from_json(ev),
+            wall=wall,
+            clip_tokens=None if clip is None else _unblob(clip, int(clip_dim)),
+            count=int(count),
+            tier=tier,
+        )
+        return Stored(int(rid), record, int(last_idx), lex, float(sal))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, stream: str, index: int) -> SnippetRecord | None:
+        """The stored record that covers snippet `index` of `stream`, if any."""
+        check_stream(stream)
+        self.refresh()
+        sql = f"SELECT {_COLS} FROM records WHERE stream = ? AND idx <= ? ORDER BY idx DESC LIMIT 1"
+        row = self._reader().execute(sql, (stream, int(index))).fetchone()
+        if row is None or int(row[3]) < int(index):
+            return None
+        return self._stored(row).record
+
+    def _check_range(self, start: float | None, end: float | None) -> None:
+        for v in (start, end):
+            if v is not None and not np.isfinite(v):
+                raise QueryError("Time range bounds must be finite numbers of seconds.")
+        if start is not None and end is not None and start > end:
+            raise QueryError(f"The time range starts ({start}) after it ends ({end}).")
+
+    def search(
+        self,
+        query: str,
+        *,
+        stream: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        top_k: int = 5,
+    ) -> list[Hit]:
+        """The moments that best match a query, best first (see memory.search for the score)."""
+        q = check_query(query)
+        if stream is not None:
+            check_stream(stream)
+        self._check_range(start, end)
+        if not 1 <= int(top_k) <= 1000:
+            raise QueryError(f"top_k must be between 1 and 1000, not {top_k}.")
+        qvec = self.embedder.embed([q])[0]
+        return self._search(qvec, q, stream=stream, start=start, end=end, top_k=int(top_k))
+
+    def _search(
+        self,
+        qvec: np.ndarray,
+        query: str,
+        *,
+        stream: str | None,
+        start: float | None,
+        end: float | None,
+        top_k: int,
+    ) -> list[Hit]:
+        self.refresh()
+        conn = self._reader()
+        ranked = rank(
+            conn, self._index, qvec, query, stream=stream, start=start, end=end, top_k=top_k
+        )
+        if not ranked:
+            return []
+        ids = [rid for rid, _ in ranked]
+        marks = ",".join("?" * len(ids))
+        rows = {
+            int(r[0]): r
+            for r in conn.execute(
+                f"SELECT id, stream, idx, start_t, end_t, evidence FROM records "
+                f"WHERE id IN ({marks})",
+                ids,
+            )
+        }
+        hits: list[Hit] = []
+        for rid, score in ranked:
+            r = rows.get(rid)
+            if r is not None:
+                hits.append(
+                    Hit(
+                        stream=r[1],
+                        start=float(r[3]),
+                        end=float(r[4]),
+                        score=score,
+                        evidence=evidence_from_json(r[5]),
+                        index=int(r[2]),
+                    )
+                )
+        return hits
+
+    def ask(self, question: str, *, stream: str | None = None) -> Answer:
+        """A short answer composed from the best moments' evidence (no language model)."""
+        q = check_query(question)
+        if stream is not None:
+            check_stream(stream)
+        qvec = self.embedder.embed([q])[0]
+        hits = self._search(qvec, q, stream=stream, start=None, end=None, top_k=ASK_HITS)
+        return compose_answer(q, hits, embedder=self.embedder, qvec=qvec, stream=stream)
+
+    def streams(self) -> list[dict[str, Any]]:
+        """Per stream: stored records, covered span and snippets they stand for."""
+        rows = self._reader().execute(
+            "SELECT stream, count(*), min(start_t), max(end_t), sum(count) FROM records "
+            "GROUP BY stream ORDER BY stream"
+        )
+        return [
+            {"stream": s, "records": int(n), "start": float(a), "end": float(b), "snippets": int(c)}
+            for s, n, a, b, c in rows
+        ]
+
+    def keyframe_path(self, stream: str, index: int) -> Path | None:
+        """The keyframe file of snippet `index` (or of the moment that covers it), if stored."""
+        check_stream(stream)
+        direct = self.keyframes / stream / f"{int(index)}.jpg"
+        if direct.is_file():
+            return direct
+        rec = self.get(stream, index)
+        if rec is None or not rec.evidence.keyframe:
+            return None
+        path = self.keyframes / rec.evidence.keyframe
+        return path if path.is_file() else None
+
+    def count(self, stream: str | None = None) -> int:
+        """Stored records, of one stream or of all."""
+        conn = self._reader()
+        if stream is None:
+            return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+        check_stream(stream)
+        return int(
+            conn.execute("SELECT count(*) FROM records WHERE stream = ?", (stream,)).fetchone()[0]
+        )
+
+    @property
+    def generation(self) -> int:
+        """Consolidations seen so far (readers reload what changed when it moves)."""
+        return self._generation
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def _release_lock(self) -> None:
+        if self._lockfile is not None:
+            with contextlib.suppress(OSError):
+                self._lockfile.close()  # closing the file releases the flock
+            self._lockfile = None
+
+    def close(self) -> None:
+        """Close every connection and release the writer lock (idempotent)."""
+        if self._closed:
+            return
+        with self._write_lock:
+            self._closed = True
+            with self._conns_lock:
+                conns, self._conns = self._conns, []
+            for conn in conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if self._writer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.close()
+                self._writer = None
+            self._release_lock()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.readonly else "writer"
+        return f"MemoryStore({str(self.root)!r}, {mode}, {len(self._index)} moments)"
