@@ -8,6 +8,8 @@ events), or plainly that nothing in memory matches. The same hits always give th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -23,6 +25,7 @@ MORE = 2  # further moments mentioned after the best one...
 MORE_RATIO = 0.5  # ...when they score at least this fraction of the best
 QUOTE_MAX = 220
 OCR_LINES = 4
+UTTERANCE_STEPS = 3  # moments an answer's quote may reach back or on to finish a sentence
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -72,6 +75,38 @@ def best_sentence(
     return cands[int(np.argmax(score))]  # argmax takes the first of equal scores
 
 
+def _ends_sentence(text: str) -> bool:
+    return text.rstrip().endswith((".", "!", "?"))
+
+
+def whole_utterance(hit: Hit, neighbour: Callable[[Hit, int], Hit | None]) -> Hit:
+    """The hit widened to the neighbouring moments its speech runs into.
+
+    Snippets cut speech every 2 s, so "The train to Rome leaves" and "from platform 9 at 7:30."
+    land in two moments; an answer quotes the whole sentence and spans both. `neighbour(hit,
+    -1 | +1)` gives the adjacent stored moment of the same stream, or None.
+    """
+    text, start, end = hit.evidence.transcript.strip(), hit.start, hit.end
+    if not text:
+        return hit
+    first = last = hit
+    for _ in range(UTTERANCE_STEPS):  # back while the moment before runs into this one
+        prev = neighbour(first, -1)
+        if prev is None or not prev.evidence.transcript or _ends_sentence(prev.evidence.transcript):
+            break
+        text, start, first = f"{prev.evidence.transcript.strip()} {text}", prev.start, prev
+    for _ in range(UTTERANCE_STEPS):  # on while the speech has not ended
+        if _ends_sentence(last.evidence.transcript):
+            break
+        nxt = neighbour(last, +1)
+        if nxt is None or not nxt.evidence.transcript:
+            break
+        text, end, last = f"{text} {nxt.evidence.transcript.strip()}", nxt.end, nxt
+    if text == hit.evidence.transcript.strip():
+        return hit
+    return replace(hit, start=start, end=end, evidence=replace(hit.evidence, transcript=text))
+
+
 def _describe(
     question: str, hit: Hit, embedder: TextEmbedder | None, qvec: np.ndarray | None
 ) -> list[str]:
@@ -116,17 +151,28 @@ def compose_answer(
     qvec: np.ndarray | None = None,
     threshold: float = ASK_THRESHOLD,
     stream: str | None = None,
+    neighbour: Callable[[Hit, int], Hit | None] | None = None,
 ) -> Answer:
-    """A short answer from the best hits (ranked, best first), or a plain 'nothing matches'."""
+    """A short answer from the best hits (ranked, best first), or a plain 'nothing matches'.
+
+    With `neighbour`, quoted speech is completed from the adjacent moments (whole_utterance).
+    """
     relevant = [h for h in hits if h.score >= threshold]
     if not relevant:
         where = f" of stream {stream}" if stream else ""
         return Answer(f"Nothing in memory{where} matches \u201c{_trim(question, 120)}\u201d.", [])
     best = relevant[0]
+    if neighbour is not None:
+        best = whole_utterance(best, neighbour)
     parts = _describe(question, best, embedder, qvec)
     what = _join(parts) if parts else "this moment matches, but no words or text were recorded"
     text = _sentence(f"At {format_when(best)}, {what}")
-    others = [h for h in relevant[1:] if h.score >= MORE_RATIO * best.score][:MORE]
+    others = [
+        h
+        for h in relevant[1:]
+        if h.score >= MORE_RATIO * best.score
+        and not (h.stream == best.stream and best.start <= h.start < best.end)
+    ][:MORE]
     for hit in others:
         more = _describe(question, hit, embedder, qvec)
         if more:

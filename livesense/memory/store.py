@@ -613,7 +613,29 @@ class MemoryStore:
             check_stream(stream)
         qvec = self.embedder.embed([q])[0]
         hits = self._search(qvec, q, stream=stream, start=None, end=None, top_k=ASK_HITS)
-        return compose_answer(q, hits, embedder=self.embedder, qvec=qvec, stream=stream)
+        return compose_answer(
+            q, hits, embedder=self.embedder, qvec=qvec, stream=stream, neighbour=self._neighbour
+        )
+
+    def _neighbour(self, hit: Hit, step: int) -> Hit | None:
+        """The stored moment just before (step -1) or after (+1) a hit, in the same stream."""
+        if step < 0:
+            rec = self.get(hit.stream, hit.index - 1) if hit.index > 0 else None
+        else:
+            rec = self._next_record(hit.stream, hit.end)
+        if rec is None or (step < 0 and rec.end < hit.start - 1e-3):
+            return None
+        if step > 0 and rec.start > hit.end + 1e-3:
+            return None
+        return Hit(rec.stream, rec.start, rec.end, 0.0, rec.evidence, rec.index)
+
+    def _next_record(self, stream: str, after: float) -> SnippetRecord | None:
+        sql = (
+            f"SELECT {_COLS} FROM records WHERE stream = ? AND start_t >= ? "
+            "ORDER BY start_t LIMIT 1"
+        )
+        row = self._reader().execute(sql, (stream, after - 1e-3)).fetchone()
+        return None if row is None else self._stored(row).record
 
     def streams(self) -> list[dict[str, Any]]:
         """Per stream: stored records, covered span and snippets they stand for."""
