@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -e '.[dev,redis,webrtc]'
 	$(PIP) install -q --no-deps $(NODEPS)
 	$(PIP) install -q 'torch==2.13.0' || echo "torch is not available: the CLIP slot test will build its model with onnx alone"
+	$(PIP) install -q 'transformers>=4.40' || echo "transformers is not available: the CLIP export test is skipped"
 	touch $@
 
 # System programs the tests use as real peers (ffmpeg feeding the RTSP server, espeak-ng for
@@ -34,6 +35,8 @@ sysdeps:
 lint: install
 	$(VENV)/bin/ruff check livesense tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint deploy/Dockerfile.gpu deploy/Dockerfile.jetson
+	$(VENV)/bin/shellcheck deploy/gpu-check.sh
 
 test: install sysdeps lint
 	$(VENV)/bin/pytest -q -ra

@@ -88,7 +88,7 @@ async def ingest(
 ) -> dict[str, Any]:
     settings = load_settings(memory=memory)
     store = MemoryStore(memory, settings.store, hub=hub)
-    perception = Perception(settings.perception)
+    perception = Perception.from_settings(settings)
     await asyncio.to_thread(perception.load)
     lags: list[float] = []
 

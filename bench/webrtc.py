@@ -232,7 +232,7 @@ def run(publishers: int, seconds: float, work: Path, *, models: bool = True) -> 
     settings = load_settings(memory=memory, **overrides)
     hub = WatchHub()
     store = MemoryStore(memory, settings.store, hub=hub)
-    perception = Perception(settings.perception)
+    perception = Perception.from_settings(settings)
     perception.load()
     manager = StreamManager(settings, store, perception, max_streams=max(16, publishers))
     app = create_app(Services(store=store, manager=manager, hub=hub, token=None))

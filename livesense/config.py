@@ -54,11 +54,27 @@ class QueueSettings(BaseModel):
 
 
 class MemorySettings(BaseModel):
+    """Budgets of the tiered rolling memory (memory.tiers), per stream."""
+
     max_records_per_stream: int = Field(
-        5000, ge=16, description="Stored moments per stream before consolidation starts."
+        256,
+        ge=16,
+        description="Stored moments per stream, all tiers together; the consolidated tier gets "
+        "what the recent and key tiers leave.",
     )
-    consolidate_batch: int = Field(256, ge=2, description="Records merged per consolidation.")
-    merge_similarity: float = Field(0.80, description="Adjacent moments above this merge.")
+    recent: int = Field(32, ge=1, description="Last snippets kept at full detail.")
+    key_moments: int = Field(
+        32, ge=0, description="Salient moments kept at full detail (speech, new text, events)."
+    )
+    key_threshold: float = Field(
+        1.0, ge=0.0, description="Salience a moment needs to be kept as a key moment."
+    )
+    key_half_life: float = Field(
+        3600.0, gt=0.0, description="Stream seconds over which a key moment's salience halves."
+    )
+    text_chars: int = Field(
+        4000, ge=200, description="Searchable text kept per consolidated record (characters)."
+    )
 
 
 class ServerSettings(BaseModel):
@@ -93,6 +109,161 @@ class WebRTCSettings(BaseModel):
     )
 
 
+class EngineSettings(BaseModel):
+    """How neural models run: backend, precision, TensorRT engine cache, cross-stream batching."""
+
+    backend: Literal["auto", "tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu"] = Field(
+        "auto",
+        description="'auto' picks per model the best that works: native TensorRT, then ONNX "
+        "Runtime's TensorRT, CUDA, CPU providers (the top-level 'device' narrows the choice).",
+    )
+    backends: dict[str, Literal["tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu"]] = Field(
+        default_factory=dict, description="Per-model backend, e.g. {'ocr-rec': 'ort-cuda'}."
+    )
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="TensorRT precision (ONNX Runtime's CUDA and CPU providers run fp32)."
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "livesense" / "engines",
+        description="TensorRT engines, ORT TensorRT caches, calibration data and exported models.",
+    )
+    missing_engine: Literal["build", "refuse"] = Field(
+        "build", description="A TensorRT engine not in the cache: build it at start, or refuse."
+    )
+    threads: int = Field(2, ge=0, le=64, description="CPU threads per model (0: runtime's choice).")
+    workspace_mb: int = Field(2048, ge=64, description="TensorRT builder workspace (MiB).")
+    builder_level: int = Field(
+        3, ge=0, le=5, description="TensorRT builder optimisation level (lower builds faster)."
+    )
+    batch: bool = Field(True, description="Batch requests of all streams per model.")
+    batch_max_size: int = Field(16, ge=1, le=256, description="Largest batch (items).")
+    batch_sizes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Largest batch per model, e.g. {'ocr-rec': 4} where big batches of wide "
+        "images cost more per item (CPUs with few cores).",
+    )
+    batch_max_delay_ms: float | None = Field(
+        None,
+        ge=0.0,
+        le=1000.0,
+        description="Longest wait for more items once one is queued; None: a tenth of the "
+        "model's recent batch time (1-50 ms).",
+    )
+    batch_queue: int = Field(256, ge=1, description="Items queued per model, all streams.")
+    batch_stream_queue: int = Field(64, ge=1, description="Items queued per model and stream.")
+    batch_policy: Literal["wait", "drop_oldest", "drop_newest"] = Field(
+        "wait", description="A full batch queue: the caller waits, or an item is dropped."
+    )
+    record_calibration: bool = Field(
+        False, description="Save model inputs seen on real streams for INT8 calibration."
+    )
+    calibration_samples: int = Field(512, ge=1, description="Recorded inputs kept per model.")
+
+
+class RedisSettings(BaseModel):
+    """The shared memory and work list in Redis (the redis extra)."""
+
+    url: str | None = Field(
+        None, description="redis://host:port/db; set: memory lives in Redis, not a directory."
+    )
+    prefix: str = Field(
+        "ls", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every key."
+    )
+    buffer: int = Field(
+        1000, ge=1, description="Records held while Redis is unreachable before ingest waits."
+    )
+    retry_max: float = Field(5.0, gt=0.0, description="Longest wait between two retries (s).")
+    lease_ttl: float = Field(
+        10.0, ge=1.0, description="A stream's owner that goes silent this long (s) loses it."
+    )
+    worker_streams: int = Field(8, ge=1, le=256, description="Streams one worker ingests.")
+    changes_kept: int = Field(
+        10000, ge=100, description="Change-log entries kept per stream for query processes."
+    )
+    vector_index: Literal["auto", "server", "local"] = Field(
+        "auto",
+        description="Dense search in Redis's own vector index ('server', needs the query "
+        "engine) or in each query process ('local'); 'auto' picks what the server has.",
+    )
+
+
+class SecuritySettings(BaseModel):
+    """Who may use the service and how much: the admin token, scoped tokens, request limits."""
+
+    token_file: Path | None = Field(
+        None, description="File holding the admin token (instead of --token or server.token)."
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20, description="Largest request body (bytes); more: 413."
+    )
+    max_query_bytes: int = Field(
+        16384, ge=256, le=1 << 20, description="Longest query string (bytes); more: 414."
+    )
+    max_path_bytes: int = Field(
+        2048, ge=64, le=65536, description="Longest request path (bytes); more: 414."
+    )
+    rate_per_minute: float = Field(
+        240.0, gt=0.0, description="Searches, asks and watches a token may start per minute."
+    )
+    rate_burst: int = Field(
+        60, ge=1, description="Queries a token may send at once before the rate applies."
+    )
+    rate_keys: int = Field(
+        10000, ge=16, description="Tokens (or clients) the rate limiter tracks at most."
+    )
+
+
+class MediaLimits(BaseModel):
+    """Bounds on what a source may be: anything beyond ends that stream with a reason."""
+
+    max_width: int = Field(8192, ge=16, description="Widest video accepted (pixels).")
+    max_height: int = Field(8192, ge=16, description="Tallest video accepted (pixels).")
+    max_pixels: int = Field(
+        7680 * 4320, ge=256, description="Largest frame area accepted (pixels, 8K by default)."
+    )
+    min_sample_rate: int = Field(1000, ge=1, description="Lowest audio sample rate (Hz).")
+    max_sample_rate: int = Field(384000, ge=8000, description="Highest audio sample rate (Hz).")
+    max_channels: int = Field(64, ge=1, description="Most audio channels in the track used.")
+    max_tracks: int = Field(
+        128, ge=1, description="Most streams a container may hold (only one of each is used)."
+    )
+    max_duration: float = Field(
+        86400.0, gt=0.0, description="Longest file (s, stated or reached); live streams: none."
+    )
+    max_bitrate: float = Field(
+        200e6, gt=0.0, description="Highest bitrate (bit/s), stated or measured over 10 s."
+    )
+    max_corrupt_packets: int = Field(
+        500, ge=1, description="Packets in a row that fail to decode before the stream ends."
+    )
+
+
+class ResilienceSettings(BaseModel):
+    """How faults are ridden out: reconnects, stage restarts, a full disk, shutdown."""
+
+    reconnect: bool = Field(True, description="Reconnect live network sources that drop.")
+    reconnect_initial: float = Field(0.5, gt=0.0, description="First wait before a reconnect (s).")
+    reconnect_max: float = Field(30.0, gt=0.0, description="Longest wait between reconnects (s).")
+    reconnect_attempts: int = Field(
+        0, ge=0, description="Failed reconnects in a row before giving up (0: never give up)."
+    )
+    stage_restarts: int = Field(
+        5, ge=0, description="Restarts of a failing perception stage per minute before it rests."
+    )
+    stage_rest: float = Field(
+        60.0, gt=0.0, description="How long (s) a stage that kept failing is skipped."
+    )
+    unsaved_max: int = Field(
+        20000, ge=1, description="Moments held in RAM per stream while memory cannot be written."
+    )
+    persist_retry_max: float = Field(
+        30.0, gt=0.0, description="Longest wait (s) between retries of a failed memory write."
+    )
+    drain_seconds: float = Field(
+        20.0, gt=0.0, description="On SIGTERM: time (s) to drain queues and flush memory."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LIVESENSE_", env_nested_delimiter="__", extra="ignore"
@@ -106,6 +277,11 @@ class Settings(BaseSettings):
     store: MemorySettings = MemorySettings()
     server: ServerSettings = ServerSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    redis: RedisSettings = RedisSettings()
+    engines: EngineSettings = EngineSettings()
+    security: SecuritySettings = SecuritySettings()
+    media: MediaLimits = MediaLimits()
+    resilience: ResilienceSettings = ResilienceSettings()
     log_level: str = "info"
 
 

@@ -33,7 +33,7 @@ async def demo(root: Path) -> None:
         con.print(f"  shows {' / '.join(scene.caption)!r}, says {scene.speech!r}")
     settings = load_settings(memory=memory)
     store = MemoryStore(memory, settings.store)
-    perception = Perception(settings.perception)
+    perception = Perception.from_settings(settings)
     await asyncio.to_thread(perception.load)
     status = await StreamPipeline("sample", str(clip), settings, store, perception).run()
     if status.error:

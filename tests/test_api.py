@@ -28,7 +28,7 @@ def client(sample_memory: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     settings = load_settings(memory=memory)
     hub = WatchHub()
     store = MemoryStore(memory, settings.store, hub=hub)
-    manager = StreamManager(settings, store, Perception(settings.perception), max_streams=2)
+    manager = StreamManager(settings, store, Perception.from_settings(settings), max_streams=2)
     app = create_app(Services(store=store, manager=manager, hub=hub, token=TOKEN))
     with TestClient(app) as c:
         yield c

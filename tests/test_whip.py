@@ -51,7 +51,7 @@ class LiveServer:
     def __init__(self, settings: Settings, token: str | None = TOKEN) -> None:
         self.hub = WatchHub()
         self.store = MemoryStore(settings.memory, settings.store, hub=self.hub)
-        self.perception = Perception(settings.perception)
+        self.perception = Perception.from_settings(settings)
         self.perception.load()
         self.manager = StreamManager(settings, self.store, self.perception)
         services = Services(store=self.store, manager=self.manager, hub=self.hub, token=token)

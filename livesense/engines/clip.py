@@ -21,14 +21,19 @@ The I/O contract of the two ONNX files:
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from livesense.engines.batcher import Batcher
+from livesense.engines.engine import Engine, TensorInfo
+from livesense.engines.engine_factory import EngineFactory, shared_factory
+from livesense.engines.model_spec import clip_image_spec, clip_text_spec
 from livesense.engines.models import minilm_tokenizer
-from livesense.engines.onnx import OnnxEngine, TensorInfo
+from livesense.engines.onnx import OnnxEngine
 from livesense.errors import ModelMissingError
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -49,6 +54,8 @@ class ClipEncoder:
         threads: int = 1,
         providers: list[str] | None = None,
         max_tokens: int = DEFAULT_TOKENS,
+        factory: EngineFactory | None = None,
+        batch: bool = True,
     ) -> None:
         image_onnx, text_onnx = Path(image_onnx), Path(text_onnx)
         for path, which, key in (
@@ -60,11 +67,14 @@ class ClipEncoder:
                     f"The CLIP {which} tower {path} does not exist; set perception.{key} to a "
                     "local ONNX file you exported (livesense ships no CLIP weights)."
                 )
-        kw: dict[str, Any] = {"threads": threads}
-        if providers:
-            kw["providers"] = providers
-        self.image_engine = _load(image_onnx, "clip-image", kw)
-        self.text_engine = _load(text_onnx, "clip-text", kw)
+        factory = factory or shared_factory()
+        if providers:  # explicit onnxruntime providers: a private session, as before
+            kw: dict[str, Any] = {"threads": threads, "providers": providers}
+            self.image_engine: Engine = _load(image_onnx, "clip-image", kw)
+            self.text_engine: Engine = _load(text_onnx, "clip-text", kw)
+        else:
+            self.image_engine = _load_spec(factory, clip_image_spec(image_onnx), threads)
+            self.text_engine = _load_spec(factory, clip_text_spec(text_onnx, max_tokens), threads)
 
         inputs = self.image_engine.inputs()
         self._pixel = _pick(inputs, "pixel_values", image_onnx, "image")
@@ -106,6 +116,16 @@ class ClipEncoder:
         if len(dims) > 1:
             raise _contract(image_onnx, f"the towers' embedding sizes differ ({sorted(dims)})")
         self.dim: int | None = dims.pop() if dims else None
+        self.image_batcher: Batcher[np.ndarray, np.ndarray] | None = None
+        self.text_batcher: Batcher[str, np.ndarray] | None = None
+        if batch and not providers:
+            key = f"{image_onnx.resolve()}|{text_onnx.resolve()}"
+            self.image_batcher = factory.batcher(
+                f"clip-image:{key}", self._image_rows, max_batch=self._image_batch
+            )
+            self.text_batcher = factory.batcher(
+                f"clip-text:{key}", self._text_rows, max_batch=self._text_batch
+            )
 
     def preprocess(self, image_rgb: np.ndarray) -> np.ndarray:
         """One RGB uint8 image as a normalised (3, H, W) float32 array."""
@@ -119,21 +139,32 @@ class ClipEncoder:
         crop = resized[y0 : y0 + out_h, x0 : x0 + out_w].astype(np.float32) / 255.0
         return ((crop - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
 
-    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+    def embed_images(self, images: list[np.ndarray], stream: Hashable | None = None) -> np.ndarray:
         """Image embeddings (N, D) of RGB uint8 (H, W, 3) images."""
         if not images:
             return np.zeros((0, self.dim or 0), np.float32)
+        pixels = [self.preprocess(im) for im in images]
+        if self.image_batcher is not None:
+            return np.stack(self.image_batcher(pixels, stream))
+        return np.stack(self._image_rows(pixels))
+
+    def _image_rows(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
         out = []
-        for i in range(0, len(images), self._image_batch):
-            batch = np.stack([self.preprocess(im) for im in images[i : i + self._image_batch]])
+        for i in range(0, len(pixels), self._image_batch):
+            batch = np.stack(pixels[i : i + self._image_batch])
             feeds = {self._pixel.name: batch.astype(self._pixel_dtype)}
             out.append(self._embed(self.image_engine, feeds))
-        return np.concatenate(out)
+        return list(np.concatenate(out))
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
+    def embed_texts(self, texts: list[str], stream: Hashable | None = None) -> np.ndarray:
         """Text embeddings (N, D)."""
         if not texts:
             return np.zeros((0, self.dim or 0), np.float32)
+        if self.text_batcher is not None:
+            return np.stack(self.text_batcher(list(texts), stream))
+        return np.stack(self._text_rows(list(texts)))
+
+    def _text_rows(self, texts: list[str]) -> list[np.ndarray]:
         out = []
         for i in range(0, len(texts), self._text_batch):
             with self._lock:
@@ -143,9 +174,9 @@ class ClipEncoder:
             if self._with_mask:
                 feeds["attention_mask"] = np.array([e.attention_mask for e in encs], np.int64)
             out.append(self._embed(self.text_engine, feeds))
-        return np.concatenate(out)
+        return list(np.concatenate(out))
 
-    def _embed(self, engine: OnnxEngine, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _embed(self, engine: Engine, feeds: dict[str, np.ndarray]) -> np.ndarray:
         try:
             first = engine.run(feeds)[0]
         except Exception as e:  # onnxruntime raises its own exception types
@@ -170,6 +201,16 @@ def _load(path: Path, name: str, kw: dict[str, Any]) -> OnnxEngine:
         raise ModelMissingError(f"The CLIP model {path} could not be loaded ({reason}).") from None
 
 
+def _load_spec(factory: EngineFactory, spec: Any, threads: int) -> Engine:
+    try:
+        return factory.engine(spec, threads=threads)
+    except Exception as e:  # a corrupt or non-ONNX file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelMissingError(
+            f"The CLIP model {spec.path} could not be loaded ({reason})."
+        ) from None
+
+
 def _pick(inputs: list[TensorInfo], name: str, path: Path, which: str) -> TensorInfo:
     for info in inputs:
         if info.name == name:
@@ -183,7 +224,7 @@ def _dim(value: int | str | None, default: int) -> int:
     return value if isinstance(value, int) and value > 0 else default
 
 
-def _last(engine: OnnxEngine) -> int | None:
+def _last(engine: Engine) -> int | None:
     shape = engine.outputs()[0].shape
     d = shape[-1] if shape else None
     return d if isinstance(d, int) and d > 0 else None

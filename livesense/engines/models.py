@@ -67,6 +67,15 @@ def rapidocr_det_onnx() -> Path:
     )
 
 
+def rapidocr_rec_onnx() -> Path:
+    return model_file(
+        "rapidocr-onnxruntime",
+        "rapidocr_onnxruntime",
+        "models/ch_PP-OCRv4_rec_infer.onnx",
+        "On-screen text (OCR)",
+    )
+
+
 def haar_face_cascade() -> Path:
     """OpenCV's frontal-face Haar cascade, shipped by opencv-python-headless 4.x (not by 5)."""
     missing = ModelMissingError(

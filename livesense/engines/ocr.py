@@ -1,23 +1,38 @@
-"""On-screen text with PP-OCRv4 (rapidocr-onnxruntime): detection + recognition, no angle pass.
+"""On-screen text with PP-OCRv4 (rapidocr-onnxruntime's models): detection + recognition.
 
+Both models run behind the engine interface (so on TensorRT where there is one); rapidocr's
+pre/post-processing helpers (detector resize/normalise, DB box extraction, CTC decoding) are
+reused, the rest is here. The recogniser is batched: the lines of one frame form one batch,
+and with the shared batcher the lines of every stream's frames fill batches together. Lines
+are grouped by width bucket, so a short word is not padded to the widest line.
 A read costs a few hundred milliseconds on a CPU, so callers run it on changed frames only.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
-from livesense.engines.models import rapidocr_det_onnx
+from livesense.engines.batcher import Batcher, bucket, groups
+from livesense.engines.engine import Engine
+from livesense.engines.engine_factory import EngineFactory, shared_factory
+from livesense.engines.model_spec import OCR_REC, OCR_REC_HEIGHT, ocr_det_spec, ocr_rec_spec
 from livesense.errors import ModelMissingError
 from livesense.records import OcrLine
 
 MIN_SCORE = 0.5
 """Recognitions below this confidence are mostly noise (textures, logos) and are dropped."""
+REC_WIDTHS = (320, 480, 640, 800, 960, 1280, 1600, 2048)
+"""Width buckets (px at height 48) of the recogniser's input; wider lines are squeezed."""
+MIN_HEIGHT = 30  # frames this short (or wider than WIDE x their height) are letterboxed
+WIDE = 8
+SAME_LINE = 10  # px: boxes whose tops differ less are on one line (read left to right)
 
 
 class OcrReader:
@@ -26,7 +41,7 @@ class OcrReader:
     Frames whose longest side exceeds `max_side` are downscaled first (boxes are scaled back).
     The text detector works at the frame's own resolution: upscaling 640 px frames found a few
     more isolated glyphs but glued words together and cost up to twice the time.
-    Thread-safe (one read at a time), so one reader can serve every stream.
+    Thread-safe, so one reader can serve every stream.
     """
 
     def __init__(
@@ -35,35 +50,51 @@ class OcrReader:
         max_side: int = 960,
         threads: int = 2,
         min_score: float = MIN_SCORE,
-        use_cuda: bool = False,
+        use_cuda: bool = False,  # kept for callers; the engines' device setting decides
+        factory: EngineFactory | None = None,
+        batch: bool = True,
     ) -> None:
         try:
-            from rapidocr_onnxruntime import RapidOCR
+            from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
+            from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
         except ImportError as e:
             raise ModelMissingError(
                 "On-screen text (OCR) needs the package 'rapidocr-onnxruntime' and its "
                 f"dependencies, but '{e.name}' is not installed (run 'make install')."
             ) from None
-        rapidocr_det_onnx()  # one clear error if the package lost its model files
+        factory = factory or shared_factory()
         self.max_side = max_side
         self.min_score = min_score
-        self._engine: Any = RapidOCR(
-            print_verbose=False,
-            text_score=min_score,
-            use_cls=False,  # upside-down text is rare on screens: skip the angle pass
-            intra_op_num_threads=max(1, threads),
-            inter_op_num_threads=1,
-            det_limit_type="max",  # only ever shrink (see the class docstring)
-            det_limit_side_len=max_side,
-            det_box_thresh=0.5,
-            det_use_cuda=use_cuda,
-            rec_use_cuda=use_cuda,
+        self.det: Engine = factory.engine(ocr_det_spec(max_side=max_side), threads=threads)
+        self.rec: Engine = factory.engine(ocr_rec_spec(), threads=threads)
+        self._det_input = self.det.inputs()[0].name
+        self._rec_input = self.rec.inputs()[0].name
+        characters = self.rec.metadata().get("character")
+        if not characters:
+            raise ModelMissingError(
+                f"The OCR recogniser {self.rec.path} carries no character list; reinstall "
+                "rapidocr-onnxruntime."
+            )
+        self._decode = CTCLabelDecode(character=characters.splitlines())
+        self._pre = DetPreProcess(max_side, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+        self._post = DBPostProcess(
+            thresh=0.3,
+            box_thresh=0.5,
+            max_candidates=1000,
+            unclip_ratio=1.6,
+            score_mode="fast",
+            use_dilation=True,
+        )
+        self.batcher: Batcher[np.ndarray, tuple[str, float]] | None = (
+            factory.batcher(OCR_REC, self.recognise_now) if batch else None
         )
         self._lock = threading.Lock()
         self.calls = 0
         self.seconds = 0.0
 
-    def read(self, image_rgb: np.ndarray, t: float) -> list[OcrLine]:
+    def read(
+        self, image_rgb: np.ndarray, t: float, stream: Hashable | None = None
+    ) -> list[OcrLine]:
         """Lines of text found in `image_rgb` (H, W, 3 uint8), top to bottom, stamped with `t`."""
         h, w = image_rgb.shape[:2]
         scale = 1.0
@@ -74,12 +105,13 @@ class OcrReader:
             image = cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
         bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
         t0 = time.perf_counter()
+        boxes = self.detect(bgr)
+        texts = self.recognise([crop(bgr, b) for b in boxes], stream) if boxes else []
         with self._lock:
-            result, _ = self._engine(bgr, use_cls=False)
             self.calls += 1
             self.seconds += time.perf_counter() - t0
         lines: list[OcrLine] = []
-        for box, text, score in result or []:
+        for box, (text, score) in zip(boxes, texts, strict=True):
             text = " ".join(str(text).split())
             if not text or float(score) < self.min_score or not any(c.isalnum() for c in text):
                 continue
@@ -95,3 +127,126 @@ class OcrReader:
                 )
             )
         return lines
+
+    # -- detection --------------------------------------------------------------------------
+
+    def detect(self, bgr: np.ndarray) -> list[np.ndarray]:
+        """Text boxes (4x2 float32, clockwise from top-left) in pixels of `bgr`, reading order."""
+        h, w = bgr.shape[:2]
+        image, up = bgr, 1.0
+        if min(h, w) < MIN_HEIGHT:  # too small for the detector: enlarge (boxes scaled back)
+            up = MIN_HEIGHT / min(h, w)
+            image = cv2.resize(bgr, (max(1, round(w * up)), max(1, round(h * up))))
+        ih, iw = image.shape[:2]
+        pad = 0
+        if ih <= MIN_HEIGHT or iw / ih > WIDE:  # a strip: letterbox it (top and bottom)
+            pad = abs(max(int(iw / WIDE), MIN_HEIGHT) * 2 - ih) // 2
+            image = cv2.copyMakeBorder(image, pad, pad, 0, 0, cv2.BORDER_CONSTANT, value=0)
+        prep = self._pre(image)
+        if prep is None:
+            return []
+        pred = self.det.run({self._det_input: prep})[0]
+        raw, _ = self._post(np.asarray(pred), image.shape[:2])
+        boxes = []
+        for box in raw:
+            b = _clockwise(np.asarray(box, np.float32))
+            b[:, 0] = np.clip(b[:, 0], 0, image.shape[1] - 1)
+            b[:, 1] = np.clip(b[:, 1], 0, image.shape[0] - 1)
+            b = np.floor(b)
+            if np.linalg.norm(b[0] - b[1]) <= 3 or np.linalg.norm(b[0] - b[3]) <= 3:
+                continue
+            b[:, 1] -= pad
+            b /= up
+            b[:, 0] = np.clip(b[:, 0], 0, w - 1)
+            b[:, 1] = np.clip(b[:, 1], 0, h - 1)
+            boxes.append(b.astype(np.float32))
+        return _reading_order(boxes)
+
+    # -- recognition ------------------------------------------------------------------------
+
+    def recognise(
+        self, crops: Sequence[np.ndarray], stream: Hashable | None = None
+    ) -> list[tuple[str, float]]:
+        """(text, confidence) of each line image (BGR), through the batcher when there is one."""
+        if not crops:
+            return []
+        if self.batcher is not None:
+            return self.batcher(list(crops), stream)
+        return self.recognise_now(list(crops))
+
+    def recognise_now(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Recognise on the calling thread: one run per width bucket (the batcher's function)."""
+        widths = [
+            bucket(math.ceil(OCR_REC_HEIGHT * c.shape[1] / max(1, c.shape[0])), REC_WIDTHS)
+            for c in crops
+        ]
+        widths = [min(x, REC_WIDTHS[-1]) for x in widths]
+        out: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        step = self.rec.max_batch or len(crops)
+        for group in groups(widths):
+            width = widths[group[0]]
+            for k in range(0, len(group), step):
+                rows = group[k : k + step]
+                batch = np.stack([rec_input(crops[i], width) for i in rows])
+                preds = self.rec.run({self._rec_input: batch})[0]
+                for i, res in zip(rows, self._decode(np.asarray(preds)), strict=True):
+                    out[i] = (str(res[0]), float(res[1]))
+        return out
+
+
+def rec_input(crop_bgr: np.ndarray, width: int) -> np.ndarray:
+    """A line image as the recogniser wants it: height 48, scaled to -1..1, zero-padded right."""
+    h, w = crop_bgr.shape[:2]
+    new_w = min(width, math.ceil(OCR_REC_HEIGHT * w / max(1, h)))
+    resized = cv2.resize(crop_bgr, (max(1, new_w), OCR_REC_HEIGHT)).astype(np.float32)
+    out = np.zeros((3, OCR_REC_HEIGHT, width), np.float32)
+    out[:, :, : resized.shape[1]] = resized.transpose(2, 0, 1) / 127.5 - 1.0
+    return out
+
+
+def crop(bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The straightened image of a (possibly tilted) text box; tall boxes are turned upright."""
+    pts = np.asarray(box, np.float32)
+    width = int(max(np.linalg.norm(pts[0] - pts[1]), np.linalg.norm(pts[2] - pts[3])))
+    height = int(max(np.linalg.norm(pts[0] - pts[3]), np.linalg.norm(pts[1] - pts[2])))
+    width, height = max(1, width), max(1, height)
+    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    matrix = cv2.getPerspectiveTransform(pts, target)
+    out = cv2.warpPerspective(
+        bgr, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC
+    )
+    if out.shape[0] >= 1.5 * out.shape[1]:
+        out = np.rot90(out)
+    return np.ascontiguousarray(out)
+
+
+def _clockwise(pts: np.ndarray) -> np.ndarray:
+    """Four points ordered top-left, top-right, bottom-right, bottom-left."""
+    by_x = pts[np.argsort(pts[:, 0], kind="stable")]
+    left, right = by_x[:2], by_x[2:]
+    tl, bl = left[np.argsort(left[:, 1], kind="stable")]
+    tr, br = right[np.argsort(right[:, 1], kind="stable")]
+    return np.array([tl, tr, br, bl], np.float32)
+
+
+def _reading_order(boxes: list[np.ndarray]) -> list[np.ndarray]:
+    """Top to bottom; boxes whose tops are within SAME_LINE px are read left to right."""
+    ordered = sorted(boxes, key=lambda b: (float(b[0][1]), float(b[0][0])))
+    for i in range(len(ordered) - 1):
+        j = i
+        while j >= 0:
+            a, b = ordered[j], ordered[j + 1]
+            if abs(float(b[0][1]) - float(a[0][1])) < SAME_LINE and b[0][0] < a[0][0]:
+                ordered[j], ordered[j + 1] = b, a
+                j -= 1
+            else:
+                break
+    return ordered
+
+
+def ocr_stats(reader: OcrReader) -> dict[str, Any]:
+    """Reads, seconds and the recogniser batcher's figures, for metrics and benchmarks."""
+    out: dict[str, Any] = {"calls": reader.calls, "seconds": round(reader.seconds, 4)}
+    if reader.batcher is not None:
+        out["rec_batcher"] = reader.batcher.stats.as_json()
+    return out

@@ -1,90 +1,164 @@
-"""ONNX Runtime sessions behind one small interface: load, describe, run, time."""
+"""ONNX Runtime sessions behind the engine interface: CPU, CUDA or TensorRT execution provider."""
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
+import contextlib
+import functools
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from livesense.engines.engine import (
+    BackendUnavailableError,
+    Engine,
+    EngineTiming,
+    TensorInfo,
+    vars_of,
+)
 from livesense.errors import ModelMissingError
 
+__all__ = ["EngineTiming", "OnnxEngine", "TensorInfo", "available_providers", "vars_of"]
 
-@dataclass(slots=True)
-class TensorInfo:
-    name: str
-    shape: list[int | str | None]
-    dtype: str
+log = logging.getLogger(__name__)
 
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+BACKEND_OF_PROVIDER = {TENSORRT: "ort-tensorrt", CUDA: "ort-cuda", CPU: "ort-cpu"}
 
-@dataclass(slots=True)
-class EngineTiming:
-    calls: int = 0
-    items: int = 0
-    seconds: float = 0.0
-
-    def add(self, items: int, seconds: float) -> None:
-        self.calls += 1
-        self.items += items
-        self.seconds += seconds
+ProviderSpec = str | tuple[str, dict[str, Any]]
 
 
-@dataclass
-class OnnxEngine:
-    """One ONNX model on onnxruntime. Thread-safe: ORT sessions allow concurrent run()."""
+@functools.lru_cache(maxsize=1)
+def available_providers() -> tuple[str, ...]:
+    """The execution providers this onnxruntime build has (not proof that a GPU is there)."""
+    import onnxruntime as ort
 
-    path: Path
-    name: str = ""
-    threads: int = 0  # 0: onnxruntime's choice
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
-    timing: EngineTiming = field(default_factory=EngineTiming)
+    return tuple(ort.get_available_providers())
 
-    def __post_init__(self) -> None:
+
+class OnnxEngine(Engine):
+    """One ONNX model on onnxruntime. Thread-safe: ORT sessions allow concurrent run().
+
+    `providers` are tried in order by onnxruntime; names this build lacks are left out. With
+    `require` set, the session must end up with that provider first, else the load fails
+    with BackendUnavailableError (ORT would otherwise fall back to the CPU silently).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        name: str = "",
+        threads: int = 0,
+        providers: Sequence[ProviderSpec] | None = None,
+        *,
+        require: str | None = None,
+        precision: str = "fp32",
+        cache: str | None = None,
+        backend: str | None = None,
+    ) -> None:
         import onnxruntime as ort
 
-        if not self.path.exists():
-            raise ModelMissingError(f"The model file {self.path} does not exist.")
-        opts = ort.SessionOptions()
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        available = set(ort.get_available_providers())
-        providers = [p for p in self.providers if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        self.name = self.name or self.path.stem
-        self._lock = threading.Lock()
+        path = Path(path)
+        if not path.exists():
+            raise ModelMissingError(f"The model file {path} does not exist.")
+        self.threads = threads
+        opts = session_options(threads)
+        available = set(available_providers())
+        wanted: list[ProviderSpec] = list(providers or [CPU])
+        chosen = [p for p in wanted if _provider_name(p) in available] or [CPU]
+        if require is not None and require not in [_provider_name(p) for p in chosen]:
+            raise BackendUnavailableError(
+                f"{require} is not in this onnxruntime build (install the gpu extra: "
+                "pip install 'livesense[gpu]')."
+            )
+        if any(_provider_name(p) in (CUDA, TENSORRT) for p in chosen):
+            _preload_gpu_libraries()
+        self.session = ort.InferenceSession(str(path), opts, providers=chosen)
+        active = list(self.session.get_providers())
+        if require is not None and (not active or active[0] != require):
+            raise BackendUnavailableError(
+                f"{require} could not start for {path.name} (onnxruntime fell back to "
+                f"{active[0] if active else 'nothing'}; is an NVIDIA GPU with its driver there?)."
+            )
+        self.providers_asked = [_provider_name(p) for p in wanted]
+        first = active[0] if active else CPU
+        self._init_engine(
+            path, name, backend or BACKEND_OF_PROVIDER.get(first, "ort-cpu"), precision, cache
+        )
+        self._inputs = [
+            TensorInfo(i.name, list(i.shape), i.type) for i in self.session.get_inputs()
+        ]
+        self._outputs = [
+            TensorInfo(o.name, list(o.shape), o.type) for o in self.session.get_outputs()
+        ]
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
 
     @property
     def active_providers(self) -> list[str]:
-        return list(self.session.get_providers())
+        return self.providers
 
     def inputs(self) -> list[TensorInfo]:
-        return [TensorInfo(i.name, list(i.shape), i.type) for i in self.session.get_inputs()]
+        return list(self._inputs)
 
     def outputs(self) -> list[TensorInfo]:
-        return [TensorInfo(o.name, list(o.shape), o.type) for o in self.session.get_outputs()]
+        return list(self._outputs)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.name,
-            "path": str(self.path),
-            "providers": self.active_providers,
-            "inputs": [vars_of(t) for t in self.inputs()],
-            "outputs": [vars_of(t) for t in self.outputs()],
-        }
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[Any]:
-        t0 = time.perf_counter()
-        result = self.session.run(outputs, feeds)
-        batch = next(iter(feeds.values())).shape[0] if feeds else 0
-        with self._lock:
-            self.timing.add(int(batch), time.perf_counter() - t0)
-        return list(result)
+    def _run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> list[Any]:
+        return list(self.session.run(outputs, feeds))
 
 
-def vars_of(t: TensorInfo) -> dict[str, Any]:
-    return {"name": t.name, "shape": t.shape, "dtype": t.dtype}
+def session_options(threads: int) -> Any:
+    """livesense's ORT session options: `threads` intra-op threads that do not spin.
+
+    Many threads share few cores here (one per stream stage, one per batcher), and ORT's
+    spinning workers took CPU from them: on 2 cores, 16 streams of text embedding ran 1.7x
+    slower with spinning on.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def _provider_name(p: ProviderSpec) -> str:
+    return p if isinstance(p, str) else p[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _preload_gpu_libraries() -> None:
+    """Load CUDA/cuDNN (and TensorRT) from pip packages so ORT's GPU providers find them."""
+    with contextlib.suppress(Exception):
+        import tensorrt  # noqa: F401  (loads libnvinfer for the TensorRT provider)
+    with contextlib.suppress(Exception):  # pip's tensorrt_libs: the parser ORT's provider links
+        import ctypes
+        import importlib.util
+
+        spec = importlib.util.find_spec("tensorrt_libs")
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(list(spec.submodule_search_locations)[0])
+            for pattern in ("libnvinfer.so.*", "libnvinfer_plugin.so.*", "libnvonnxparser.so.*"):
+                for lib in sorted(folder.glob(pattern))[:1]:
+                    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    try:
+        import onnxruntime as ort
+
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            preload()
+    except Exception as e:  # system CUDA libraries may still be found by the loader
+        log.debug("onnxruntime.preload_dlls failed: %s", e)

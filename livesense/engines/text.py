@@ -1,17 +1,28 @@
-"""Text embeddings (all-MiniLM-L6-v2 int8 ONNX) for evidence and queries."""
+"""Text embeddings (all-MiniLM-L6-v2 int8 ONNX) for evidence and queries.
+
+The model runs behind the engine interface (best backend per the settings), and, when
+batching is on, behind the shared cross-stream batcher: the Combiners of all streams and the
+query path fill one batch. Texts in a batch are grouped by length bucket and padded only to
+the longest of their group, so a short query never pays for a long transcript.
+"""
 
 from __future__ import annotations
 
-import functools
 import threading
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from livesense.engines.models import minilm_onnx, minilm_tokenizer
-from livesense.engines.onnx import OnnxEngine
+from livesense.engines.batcher import Batcher, bucket, groups
+from livesense.engines.engine import Engine
+from livesense.engines.engine_factory import EngineFactory, shared_factory
+from livesense.engines.model_spec import text_spec
+from livesense.engines.models import minilm_tokenizer
 
 DIM = 384
 MAX_TOKENS = 128
+BUCKETS = (8, 16, 32, 64, 128)
+"""Token-length buckets: a batch is split so that each group pads to its own bucket's longest."""
 
 
 class TextEmbedder:
@@ -19,37 +30,84 @@ class TextEmbedder:
 
     dim = DIM
 
-    def __init__(self, threads: int = 0, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(
+        self,
+        threads: int = 0,
+        max_tokens: int = MAX_TOKENS,
+        *,
+        engine: Engine | None = None,
+        factory: EngineFactory | None = None,
+        batch: bool = True,
+    ) -> None:
         from tokenizers import Tokenizer
 
-        self.engine = OnnxEngine(minilm_onnx(), name="text-minilm", threads=threads)
+        factory = factory or shared_factory()
+        self.max_tokens = max_tokens
+        self.engine = engine or factory.engine(
+            text_spec(max_tokens=max_tokens), threads=threads or None
+        )
         self.tokenizer = Tokenizer.from_file(str(minilm_tokenizer()))
         self.tokenizer.enable_truncation(max_length=max_tokens)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer.no_padding()
         self._input_names = {i.name for i in self.engine.inputs()}
-        self._lock = threading.Lock()  # the tokenizer's padding state is shared
+        self.batcher: Batcher[str, np.ndarray] | None = None
+        if batch:
+            name = f"{self.engine.name}/{max_tokens}"
+            self.batcher = factory.batcher(name, self.embed_rows) if engine is None else None
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], stream: Hashable | None = None) -> np.ndarray:
+        """Vectors of `texts`; `stream` names the caller for fair batching (default: thread)."""
         if not texts:
             return np.zeros((0, DIM), np.float32)
-        with self._lock:
-            encs = self.tokenizer.encode_batch([t or " " for t in texts])
-        ids = np.array([e.ids for e in encs], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        if self.batcher is not None:
+            return np.stack(self.batcher(list(texts), stream)).astype(np.float32, copy=False)
+        return self.embed_now(list(texts))
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+    def embed_rows(self, texts: list[str]) -> list[np.ndarray]:
+        """The batcher's function: one vector per text."""
+        return list(self.embed_now(texts))
+
+    def embed_now(self, texts: list[str]) -> np.ndarray:
+        """Embed on the calling thread, bypassing the batcher."""
+        encs = self.tokenizer.encode_batch([t or " " for t in texts])
+        lengths = [max(1, len(e.ids)) for e in encs]
+        out = np.empty((len(texts), DIM), np.float32)
+        step = self.engine.max_batch or len(texts)
+        for group in groups([bucket(n, BUCKETS) for n in lengths]):
+            for k in range(0, len(group), step):
+                rows = group[k : k + step]
+                width = max(lengths[i] for i in rows)
+                ids = np.zeros((len(rows), width), np.int64)
+                mask = np.zeros((len(rows), width), np.int64)
+                for r, i in enumerate(rows):
+                    ids[r, : len(encs[i].ids)] = encs[i].ids
+                    mask[r, : len(encs[i].ids)] = 1
+                out[rows] = self._pool(ids, mask)
+        return out
+
+    def _pool(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        hidden = self.engine.run(feeds)[0]
+        hidden = np.asarray(self.engine.run(feeds)[0], np.float32)
         m = mask[..., None].astype(np.float32)
         pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
-    def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+
+_shared: tuple[EngineFactory, TextEmbedder] | None = None
+_shared_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=1)
 def shared_text_embedder() -> TextEmbedder:
-    """One embedder per process: the query path and the Combiner share it."""
-    return TextEmbedder()
+    """One embedder per process and engine factory: the query path and Combiners share it."""
+    global _shared
+    factory = shared_factory()
+    with _shared_lock:
+        if _shared is None or _shared[0] is not factory:
+            _shared = (factory, TextEmbedder(factory=factory))
+        return _shared[1]

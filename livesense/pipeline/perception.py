@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from livesense.config import EngineSettings, PerceptionSettings
+from livesense.config import EngineSettings, PerceptionSettings, Settings
 from livesense.engines.engine_factory import EngineFactory, configure_engines, shared_factory
 from livesense.engines.text import TextEmbedder, shared_text_embedder
 from livesense.pipeline.audio import AudioPerception
@@ -43,6 +43,11 @@ class Perception:
         self._tagger: object | None = None
         self._clip: object | None = None
         self._combiner: EvidenceCombiner | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Perception:
+        """Perception with the process's perception, engine and device settings."""
+        return cls(settings.perception, settings.engines, settings.device)
 
     @property
     def factory(self) -> EngineFactory:
@@ -82,10 +87,10 @@ class Perception:
                 from livesense.engines.faces import FaceDetector
 
                 self._faces = FaceDetector()
-            if s.clip_image and s.clip_text and self._clip is None:
+            if self._clip is None and (pair := self._clip_towers()) is not None:
                 from livesense.engines.clip import ClipEncoder
 
-                self._clip = ClipEncoder(Path(s.clip_image), Path(s.clip_text), factory=factory)
+                self._clip = ClipEncoder(*pair, factory=factory)
             if self._vad_engine is None:
                 from livesense.engines.model_spec import vad_spec
                 from livesense.engines.vad import vad_batcher
@@ -94,6 +99,17 @@ class Perception:
                 self._vad_batcher = vad_batcher(factory)
             if self._combiner is None:
                 self._combiner = EvidenceCombiner(self.embedder)
+
+    def _clip_towers(self) -> tuple[Path, Path] | None:
+        """The settings' CLIP towers, else those `livesense engines export` registered."""
+        s = self.settings
+        if s.clip_image and s.clip_text:
+            return Path(s.clip_image), Path(s.clip_text)
+        if s.clip_image or s.clip_text:
+            return None  # the vision stage says that both are needed
+        from livesense.engines.model_registry import ModelRegistry
+
+        return ModelRegistry(self.factory.settings.cache_dir).clip()
 
     @property
     def combiner(self) -> EvidenceCombiner:

@@ -1,0 +1,387 @@
+"""`livesense bench engines`: items per second per model, bare runtime vs engines/ vs batcher.
+
+Per model, on the same single-item inputs (made here: rendered text lines and frames,
+sentences, audio windows): `raw_per_s` calls the bare onnxruntime session (for the native
+TensorRT backend, the engine's own run without the wrapper), `engine_per_s` the engine
+interface, and `batched_per_s` 1, 4 and 16 concurrent streams each submitting one item at a
+time through the cross-stream batcher. raw and engine are timed call by call, in
+alternation on the same items (`seconds` each), so the wrapper's overhead shows even on a
+busy machine; each batched figure runs at least `seconds` and three full batches.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from livesense.engines.batcher import Batcher, bucket, groups
+from livesense.engines.engine import Engine
+from livesense.engines.engine_factory import EngineFactory
+from livesense.engines.model_spec import (
+    CLIP_IMAGE,
+    CLIP_TEXT,
+    OCR_DET,
+    OCR_REC,
+    TEXT,
+    VAD,
+    ModelSpec,
+)
+from livesense.engines.onnx import OnnxEngine
+from livesense.errors import LivesenseError
+
+STREAMS = (1, 4, 16)
+Feeds = dict[str, np.ndarray]
+
+SENTENCE = (
+    "the train to rome leaves from platform nine at seven thirty please have your tickets "
+    "ready the cafe on the upper level is open until ten tonight passengers for berlin go to "
+    "gate b fifty two now taxis wait outside exit three on the east side of the hall"
+)
+WORDS = SENTENCE.split(" ")
+LINES = [
+    "PLATFORM 9",
+    "ROME 07:30",
+    "ARRIVALS FROM ROME",
+    "CAFE",
+    "OPEN UNTIL 22:00",
+    "GATE B52 BOARDING",
+    "EXIT 3",
+    "TAXI RANK",
+    "LOST PROPERTY DESK A17",
+    "DELAYED",
+    "MILAN 08:15 PLATFORM 4",
+    "TICKETS",
+]
+
+
+@dataclass(slots=True)
+class Workload:
+    """Single-item feeds of one model and how a batch of them is run and split."""
+
+    items: list[Feeds]
+    batch_axis: dict[str, int] = field(default_factory=dict)  # input -> axis (default 0)
+    out_axis: dict[int, int] = field(default_factory=dict)  # output index -> axis (default 0)
+    group_key: Callable[[Feeds], Any] | None = None
+
+
+@dataclass(slots=True)
+class BenchResult:
+    model: str
+    backend: str
+    raw_per_s: float
+    engine_per_s: float
+    batched_per_s: dict[str, float]
+    mean_batch: dict[str, float]
+
+    def as_json(self) -> dict[str, Any]:
+        overhead = 1.0 - self.engine_per_s / self.raw_per_s if self.raw_per_s else 0.0
+        base = self.engine_per_s or 1.0
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "raw_per_s": round(self.raw_per_s, 2),
+            "engine_per_s": round(self.engine_per_s, 2),
+            "batched_per_s": {k: round(v, 2) for k, v in self.batched_per_s.items()},
+            "overhead_pct": round(100.0 * overhead, 2),
+            "gain_16": round(self.batched_per_s.get("16", 0.0) / base, 2),
+            "mean_batch": self.mean_batch,
+        }
+
+
+class EngineBench:
+    """Measures every model of `specs` on the backends the factory chooses."""
+
+    def __init__(self, factory: EngineFactory, seconds: float = 2.0) -> None:
+        self.factory = factory
+        self.seconds = seconds
+        self.errors: list[dict[str, str]] = []
+
+    def run(
+        self, specs: list[ModelSpec], log: Callable[[str], None] | None = None
+    ) -> list[BenchResult]:
+        """Measure each model; one that cannot load is skipped and named in `errors`."""
+        out = []
+        self.errors = []
+        for spec in specs:
+            try:
+                engine = self.factory.load(spec)
+            except LivesenseError as e:
+                self.errors.append({"model": spec.name, "error": str(e)})
+                if log is not None:
+                    log(f"{spec.name}: not measured: {e}")
+                continue
+            try:
+                out.append(self.measure(spec.name, engine, workload(spec.name, engine)))
+            finally:
+                engine.close()
+            if log is not None:
+                log(f"{spec.name}: {out[-1].as_json()}")
+        return out
+
+    def measure(self, name: str, engine: Engine, work: Workload) -> BenchResult:
+        raw = self._bare(engine)
+        for feeds in work.items[:3]:  # warm up both paths
+            raw(feeds)
+            engine.run(feeds)
+        raw_rate, engine_rate = self._paired(raw, engine.run, work.items)
+        batched: dict[str, float] = {}
+        mean_batch: dict[str, float] = {}
+        s = self.factory.settings
+        for n in STREAMS:
+            batcher: Batcher[Feeds, list[np.ndarray]] = Batcher(
+                f"bench-{name}",
+                lambda items: run_collated(engine, work, items),
+                max_batch=max(1, min(s.batch_max_size, s.batch_sizes.get(name, 1 << 30))),
+                max_delay=None if s.batch_max_delay_ms is None else s.batch_max_delay_ms / 1000.0,
+                queue_size=s.batch_queue,
+                stream_queue=s.batch_stream_queue,
+            )
+            try:
+                batched[str(n)] = self._streams(batcher, work.items, n)
+                mean_batch[str(n)] = batcher.stats.as_json()["mean_batch"]
+            finally:
+                batcher.close()
+        return BenchResult(name, engine.backend, raw_rate, engine_rate, batched, mean_batch)
+
+    def _bare(self, engine: Engine) -> Callable[[Feeds], Any]:
+        """The same model without the wrapper: its onnxruntime session called directly (the
+        same session object, so no cache or thread-pool difference), or TensorRT's run."""
+        if isinstance(engine, OnnxEngine):
+            session = engine.session
+            return lambda feeds: session.run(None, feeds)
+        return lambda feeds: engine._run(feeds, None)
+
+    def _paired(
+        self, a: Callable[[Feeds], Any], b: Callable[[Feeds], Any], items: list[Feeds]
+    ) -> tuple[float, float]:
+        """Items/s of `a` and `b`, timed call by call in alternation on the same items.
+
+        Each item runs through both, in alternating order, and only the calls themselves are
+        timed: a load change on a shared machine hits both alike.
+        """
+        spent = [0.0, 0.0]
+        done = 0
+        end = time.perf_counter() + 2 * self.seconds
+        while done < len(items) or time.perf_counter() < end:
+            feeds = items[done % len(items)]
+            order = ((0, a), (1, b)) if done % 2 == 0 else ((1, b), (0, a))
+            for slot, fn in order:
+                t0 = time.perf_counter()
+                fn(feeds)
+                spent[slot] += time.perf_counter() - t0
+            done += 1
+        return done / spent[0], done / spent[1]
+
+    def _streams(self, batcher: Batcher[Feeds, Any], items: list[Feeds], n: int) -> float:
+        counts = [0] * n
+        start = threading.Barrier(n + 1)
+        stop = threading.Event()
+
+        def stream(i: int) -> None:
+            start.wait()
+            k = i
+            while not stop.is_set():
+                batcher([items[k % len(items)]], stream=i)
+                counts[i] += 1
+                k += 1
+
+        threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        for item in items[:2]:  # warm up the batch path (as stream 0: no stranger)
+            batcher([item], stream=0)
+        start.wait()
+        t0 = time.perf_counter()
+        base = sum(counts)
+        while True:  # at least `seconds`, and enough items for a few full batches
+            time.sleep(0.02)
+            done = sum(counts) - base
+            elapsed = time.perf_counter() - t0
+            if elapsed >= self.seconds and done >= 3 * n or elapsed >= 20 * self.seconds:
+                break
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        return done / elapsed
+
+
+def run_collated(engine: Engine, work: Workload, items: list[Feeds]) -> list[list[np.ndarray]]:
+    """Run single-item feeds as batches (one per shape group); split the outputs per item."""
+    if len(items) == 1:  # nothing to stack or split
+        return [list(engine.run(items[0]))]
+    out: list[list[np.ndarray]] = [[] for _ in items]
+    keys = [work.group_key(f) if work.group_key else 0 for f in items]
+    for group in groups(keys):
+        feeds = collate([items[i] for i in group], work.batch_axis)
+        results = engine.run(feeds)
+        for r, i in enumerate(group):
+            out[i] = [
+                np.take(np.asarray(res), [r], axis=work.out_axis.get(j, 0))
+                for j, res in enumerate(results)
+            ]
+    return out
+
+
+def collate(items: list[Feeds], batch_axis: dict[str, int]) -> Feeds:
+    """Stack single-item feeds along their batch axis, zero-padding other axes to the longest."""
+    feeds: Feeds = {}
+    for name, first in items[0].items():
+        arrays = [np.asarray(f[name]) for f in items]
+        if first.ndim == 0:
+            feeds[name] = first
+            continue
+        axis = batch_axis.get(name, 0)
+        shape = [max(a.shape[d] for a in arrays) for d in range(first.ndim)]
+        padded = []
+        for a in arrays:
+            pad = [(0, 0 if d == axis else shape[d] - a.shape[d]) for d in range(a.ndim)]
+            padded.append(np.pad(a, pad) if any(p[1] for p in pad) else a)
+        feeds[name] = np.concatenate(padded, axis=axis)
+    return feeds
+
+
+def workload(name: str, engine: Engine) -> Workload:
+    """Realistic single-item inputs for the packaged models (and the CLIP slot)."""
+    if name == TEXT:
+        return _text_work(engine)
+    if name == VAD:
+        return _vad_work()
+    if name == OCR_REC:
+        return _rec_work()
+    if name == OCR_DET:
+        return _det_work()
+    if name == CLIP_IMAGE:
+        info = engine.inputs()[0]
+        h, w = (d if isinstance(d, int) and d > 0 else 224 for d in info.shape[2:4])
+        rng = np.random.default_rng(0)
+        pictures: list[Feeds] = [
+            {info.name: rng.standard_normal((1, 3, h, w)).astype(np.float32)} for _ in range(4)
+        ]
+        return Workload(pictures)
+    if name == CLIP_TEXT:
+        names = [i.name for i in engine.inputs()]
+        rng = np.random.default_rng(0)
+        texts: list[Feeds] = []
+        for n in (5, 9, 14, 20):
+            ids: np.ndarray = rng.integers(1, 1000, (1, n)).astype(np.int64)
+            texts.append({k: (ids if k == "input_ids" else np.ones_like(ids)) for k in names})
+        edges = (8, 16, 32, 77)
+        return Workload(texts, group_key=lambda f: bucket(f["input_ids"].shape[1], edges))
+    raise ValueError(f"no benchmark workload for {name}")
+
+
+def _text_work(engine: Engine) -> Workload:
+    from tokenizers import Tokenizer
+
+    from livesense.engines.models import minilm_tokenizer
+    from livesense.engines.text import BUCKETS
+
+    tok = Tokenizer.from_file(str(minilm_tokenizer()))
+    tok.no_padding()  # the file pads to 128 tokens; single items carry their own length
+    tok.enable_truncation(max_length=128)
+    rng = np.random.default_rng(0)
+    names = {i.name for i in engine.inputs()}
+    items = []
+    for _ in range(48):
+        n = int(rng.integers(2, 13))  # a caption, a query, a snippet's words: 2 to 12
+        start = int(rng.integers(0, len(WORDS) - n))
+        ids = np.array([tok.encode(" ".join(WORDS[start : start + n])).ids], np.int64)
+        feeds: Feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        items.append(feeds)
+    return Workload(items, group_key=lambda f: bucket(f["input_ids"].shape[1], BUCKETS))
+
+
+def _vad_work() -> Workload:
+    rng = np.random.default_rng(0)
+    items: list[Feeds] = [
+        {
+            "input": (rng.standard_normal((1, 576)) * 0.1).astype(np.float32),
+            "state": np.zeros((2, 1, 128), np.float32),
+            "sr": np.array(16000, np.int64),
+        }
+        for _ in range(32)
+    ]
+    return Workload(items, batch_axis={"state": 1}, out_axis={1: 1})
+
+
+def _line_image(text: str, scale: float = 1.0) -> np.ndarray:
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+    img = np.full((h + base + 12, w + 16, 3), 235, np.uint8)
+    cv2.putText(img, text, (8, h + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), 2)
+    return img
+
+
+def _rec_work() -> Workload:
+    from livesense.engines.ocr import REC_WIDTHS, rec_input
+
+    items = []
+    for k, text in enumerate(LINES):
+        crop = _line_image(text, 0.8 + 0.1 * (k % 4))
+        width = bucket(int(np.ceil(48 * crop.shape[1] / crop.shape[0])), REC_WIDTHS)
+        items.append({"x": rec_input(crop, min(width, REC_WIDTHS[-1]))[None]})
+    return Workload(items, group_key=lambda f: f["x"].shape[3])
+
+
+def _det_work() -> Workload:
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
+    pre = DetPreProcess(960, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+    items = []
+    for k in range(4):
+        img = np.full((360, 640, 3), 230 - 20 * k, np.uint8)
+        for j, text in enumerate(LINES[k * 3 : k * 3 + 3]):
+            cv2.putText(
+                img, text, (30, 90 + 100 * j), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (20, 20, 20), 3
+            )
+        prep = pre(img)
+        assert prep is not None
+        items.append({"x": prep})
+    return Workload(items, group_key=lambda f: f["x"].shape)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from livesense.engines.gpu import detect_gpu
+
+    gpu = detect_gpu()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": f"{gpu.name} (sm {gpu.compute_capability})" if gpu else None,
+        "python": platform.python_version(),
+    }
+
+
+def markdown(results: list[dict[str, Any]], where: dict[str, Any]) -> str:
+    """The README table of a run."""
+    head = (
+        "| model | backend | raw/s | engine/s | overhead | batched 1 | batched 4 | batched 16 "
+        "| 16 vs engine |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = "".join(
+        f"| {r['model']} | {r['backend']} | {r['raw_per_s']:.0f} | {r['engine_per_s']:.0f} | "
+        f"{r['overhead_pct']:+.1f}% | {r['batched_per_s']['1']:.0f} | "
+        f"{r['batched_per_s']['4']:.0f} | {r['batched_per_s']['16']:.0f} | {r['gain_16']:.2f}x |\n"
+        for r in results
+    )
+    gpu = f", {where['gpu']}" if where.get("gpu") else ", no GPU"
+    return f"{head}{rows}\nMachine: {where['cpu']}, {where['cores']} cores{gpu}.\n"
