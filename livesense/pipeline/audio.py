@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 PAD = 0.2
 """Seconds of audio kept before and after the speech the VAD found."""
 HANGOVER = 0.5
-"""Seconds of non-speech that close a speech region."""
+"""Seconds of non-speech that close a speech region (live sources)."""
+FILE_HANGOVER = 3.0
+"""Files: pauses up to this long stay inside one region. Whisper encodes 30 s windows
+whatever the region's length, so one call over two sentences costs ~35% less than two."""
 MIN_SPEECH = 0.2
 """Regions with less speech than this (s) are not transcribed (clicks, breaths)."""
 HYSTERESIS = 0.15
@@ -94,6 +97,7 @@ class AudioPerception:
         self.vad: SileroVad = vad or SileroVad()
         self.stage_seconds: dict[str, float] = {"vad": 0.0, "events": 0.0, "asr": 0.0, "level": 0.0}
         self.max_region = settings.asr_max_utterance if live else FILE_MAX_REGION
+        self.hangover = HANGOVER if live else FILE_HANGOVER
         self._pending: deque[_Pending] = deque()
         self._open: _Region | None = None
         self._buf = np.zeros(0, dtype=np.float32)
@@ -203,7 +207,7 @@ class AudioPerception:
             region.last_speech = b
             if p >= threshold:
                 region.speech += WINDOW
-        elif b - region.last_speech >= HANGOVER * AUDIO_RATE:
+        elif b - region.last_speech >= self.hangover * AUDIO_RATE:
             self._close(min(region.last_speech + pad, b))
             return
         if b - region.start >= self.max_region * AUDIO_RATE:
