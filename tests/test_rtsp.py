@@ -131,7 +131,9 @@ def test_rtsp_from_a_real_rtsp_server(clip: Path) -> None:
         source = connect(f"rtsp://127.0.0.1:{client}/live", rtsp_transport="udp")
         assert source.live and source.has_audio and source.has_video
         snippets, end = asyncio.run(ingest(source))
-        assert source.wall_anchor is not None and end.reason is None
+        # The relay never says the publisher left: the stream ends as a stalled live source.
+        assert end.reason is None or "no data" in end.reason
+        assert source.wall_anchor is not None and max(s.end for s in snippets) >= 3.5
         assert any(s.frames for s in snippets) and any("audio" not in s.missing for s in snippets)
         assert all(s.wall == pytest.approx(source.wall_anchor + s.start, abs=0.6) for s in snippets)
     finally:
