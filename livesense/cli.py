@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -41,15 +42,36 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML settings file (LIVESENSE_* env also read).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis", help="Redis URL (redis://host:port/db): memory shared by many processes."
+    ),
+]
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     return load_settings(config, **overrides)
 
 
-def _open_store(memory: Path, settings: Settings, *, readonly: bool, hub: Any = None) -> Any:
+def _open_store(
+    memory: Path, settings: Settings, *, readonly: bool, hub: Any = None, follow: bool = False
+) -> Any:
+    """The Redis store when a Redis URL is set (follow: keep a query index in sync), else
+    the memory directory."""
     from livesense.memory.store import MemoryStore
 
+    if settings.redis.url:
+        from livesense.memory.redis_store import RedisStore
+
+        return RedisStore(
+            settings.redis.url,
+            settings.store,
+            settings.redis,
+            readonly=readonly,
+            follow=follow,
+            hub=hub,
+        )
     if readonly and not (memory / "memory.db").exists():
         raise LivesenseError(
             f"There is no livesense memory in {memory} yet; ingest something first."
@@ -68,14 +90,17 @@ def ingest(
     asr_model: Annotated[
         str | None, typer.Option("--asr-model", help="tiny.en, base, or a CTranslate2 directory.")
     ] = None,
+    redis: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Ingest a source into memory until it ends (Ctrl-C stops and keeps what is stored)."""
-    settings = _settings(config, memory=memory, **{"perception.asr_model": asr_model})
+    settings = _settings(
+        config, memory=memory, **{"perception.asr_model": asr_model, "redis.url": redis}
+    )
     status = asyncio.run(_ingest(source, stream, settings, realtime))
     out.print(
         f"[green]stored[/] {status.snippets} snippets of stream [bold]{status.stream}[/] "
-        f"({status.position:.1f} s) in {settings.memory}"
+        f"({status.position:.1f} s) in {_where(settings)}"
         + (f", {status.drops} dropped" if status.drops else "")
     )
 
@@ -160,10 +185,11 @@ def search(
     start: Annotated[float | None, typer.Option("--start", help="From stream time (s).")] = None,
     end: Annotated[float | None, typer.Option("--end", help="Until stream time (s).")] = None,
     as_json: JsonOpt = False,
+    redis: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Find the moments that match a query (hybrid: meaning and exact words)."""
-    settings = _settings(config, memory=memory)
+    settings = _settings(config, memory=memory, **{"redis.url": redis})
     store = _open_store(settings.memory, settings, readonly=True)
     try:
         hits = store.search(query, stream=stream, start=start, end=end, top_k=top_k)
@@ -181,10 +207,11 @@ def ask(
     memory: MemoryOpt = Path("livesense-memory"),
     stream: StreamOpt = None,
     as_json: JsonOpt = False,
+    redis: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Answer a question from the evidence of the best matching moments."""
-    settings = _settings(config, memory=memory)
+    settings = _settings(config, memory=memory, **{"redis.url": redis})
     store = _open_store(settings.memory, settings, readonly=True)
     try:
         answer: Answer = store.ask(question, stream=stream)
@@ -216,13 +243,16 @@ def serve(
     port: ServePort = None,
     token: ServeToken = None,
     token_file: ServeTokenFile = None,
+    redis: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Serve the HTTP/WebSocket API and the web page over a memory."""
+    """Serve the HTTP/WebSocket API and the web page over a memory (with --redis: stateless;
+    streams started through it go to the workers)."""
     settings = _settings(
         config,
         memory=memory,
         **{"server.host": host, "server.port": port, "server.token": token},
+        **{"redis.url": redis},
         **{"security.token_file": token_file},
     )
     asyncio.run(_serve(settings, source=None, stream=None, realtime=False))
@@ -240,13 +270,16 @@ def run(
     realtime: Annotated[
         bool, typer.Option("--realtime", help="Pace a file like a live source.")
     ] = False,
+    redis: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Ingest a source and serve queries at once: the main job."""
+    """Ingest a source and serve queries at once: the main job (with --redis: the source goes
+    on the work list and this process is also a worker)."""
     settings = _settings(
         config,
         memory=memory,
         **{"server.host": host, "server.port": port, "server.token": token},
+        **{"redis.url": redis},
         **{"security.token_file": token_file},
     )
     asyncio.run(_serve(settings, source=source, stream=stream, realtime=realtime))
@@ -259,26 +292,39 @@ async def _serve(
 
     from livesense.api.app import Services, create_app
     from livesense.api.auth import bind_host, read_token_file
+    from livesense.api.server import Server
     from livesense.api.tokens import open_token_store
     from livesense.memory.watch import WatchHub
     from livesense.pipeline.manager import StreamManager
     from livesense.pipeline.perception import Perception
 
     hub = WatchHub()
-    store = _open_store(settings.memory, settings, readonly=False, hub=hub)
+    shared = settings.redis.url is not None
+    store = _open_store(
+        settings.memory, settings, readonly=shared and source is None, hub=hub, follow=shared
+    )
     perception = Perception.from_settings(settings)
-    manager = StreamManager(settings, store, perception)
+    manager = None if shared else StreamManager(settings, store, perception)
+    work, worker, worker_task = None, None, None
+    if shared:
+        from livesense.memory.work_list import WorkList
+        from livesense.pipeline.worker import Worker
+
+        work = WorkList(settings.redis.url or "", settings.redis.prefix)
+        if source is not None:  # this process is a worker too (and takes WHIP publishers)
+            worker = Worker(settings, store, work, perception)
     admin_token = settings.server.token
     if admin_token is None and settings.security.token_file is not None:
         admin_token = read_token_file(settings.security.token_file)
     tokens = open_token_store(settings.memory, settings.redis.url, settings.redis.prefix)
     services = Services(
         store=store,
-        manager=manager,
+        manager=worker.manager if worker is not None else manager,
         hub=hub,
         token=admin_token,
         tokens=tokens,
         security=settings.security,
+        work=work,
     )
     app_ = create_app(services)
     host, narrowed = bind_host(settings.server.host, admin_token)
@@ -287,7 +333,15 @@ async def _serve(
         err.print(narrowed)
     elif admin_token is None:
         err.print("no admin token: anyone on this machine can use the API (loopback only)")
-    if source is not None:
+    if source is not None and work is not None and worker is not None:  # on the work list
+        from livesense.pipeline.manager import check_stream_id, stream_id_for
+
+        sid = check_stream_id(stream or stream_id_for(source))
+        with contextlib.suppress(LivesenseError):  # already on the list: it runs on
+            await work.start(source, sid, realtime=realtime)
+        worker_task = asyncio.create_task(worker.run())
+        err.print(f"ingesting {source} as stream {sid} (Redis work list)")
+    elif source is not None and manager is not None:
         with err.status("loading models…"):
             await asyncio.to_thread(perception.load)
         pipeline = await manager.start(source, stream, realtime=realtime)
@@ -299,17 +353,92 @@ async def _serve(
         host=settings.server.host,
         port=settings.server.port,
         log_level="warning",
-        timeout_graceful_shutdown=max(1, int(drain / 4)),  # open requests; then streams drain
+        timeout_graceful_shutdown=2,  # open requests get 2 s; then streams drain (`drain` s)
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     err.print(
         f"serving on http://{settings.server.host}:{settings.server.port} (API docs at /docs)"
     )
     try:
         await server.serve()
     finally:
-        await manager.close(timeout=drain)  # SIGTERM: streams drain and flush, then exit
+        if manager is not None:
+            await manager.close(timeout=drain)  # SIGTERM: streams drain and flush, then exit
+        if worker is not None and worker_task is not None:
+            worker.stop()
+            await worker_task
+        if work is not None:
+            await work.close()
         tokens.close()
+        store.close()
+
+
+def _where(settings: Settings) -> str:
+    if settings.redis.url:
+        from livesense.memory.redis_store import shown_url
+
+        return shown_url(settings.redis.url)
+    return str(settings.memory)
+
+
+@app.command()
+def timeline(
+    stream: Annotated[str, typer.Option("--stream", help="Stream id.")],
+    memory: MemoryOpt = Path("livesense-memory"),
+    redis: RedisOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The stream's stored moments in time order (recent, key and consolidated tiers)."""
+    settings = _settings(config, memory=memory, **{"redis.url": redis})
+    store = _open_store(settings.memory, settings, readonly=True)
+    try:
+        moments = store.timeline(stream)
+        summary = store.summary(stream)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"moments": [m.to_json() for m in moments]}))
+        return
+    if summary is not None:
+        out.print(summary.text())
+    table = Table(show_header=True, header_style="bold")
+    for col in ("time", "tier", "summary"):
+        table.add_column(col)
+    for m in moments:
+        table.add_row(f"{m.start:.1f}–{m.end:.1f} s", m.tier, m.summary)
+    out.print(table if moments else f"stream {stream} has no stored moments")
+
+
+@app.command()
+def worker(
+    redis: Annotated[str, typer.Option("--redis", help="Redis URL of the shared memory.")],
+    streams: Annotated[
+        int | None, typer.Option("--streams", min=1, help="Streams this worker runs at most.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ingest streams from the Redis work list (start them through any API process)."""
+    settings = _settings(config, **{"redis.url": redis, "redis.worker_streams": streams})
+    asyncio.run(_worker(settings))
+
+
+async def _worker(settings: Settings) -> None:
+    from livesense.memory.work_list import WorkList
+    from livesense.pipeline.perception import Perception
+    from livesense.pipeline.worker import Worker
+
+    store = _open_store(settings.memory, settings, readonly=False)
+    work = WorkList(settings.redis.url or "", settings.redis.prefix)
+    worker_ = Worker(settings, store, work, Perception.from_settings(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker_.stop)
+    err.print(f"worker {worker_.id} on {_where(settings)}")
+    try:
+        await worker_.run()
+    finally:
+        await work.close()
         store.close()
 
 

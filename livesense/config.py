@@ -73,7 +73,10 @@ class MemorySettings(BaseModel):
         3600.0, gt=0.0, description="Stream seconds over which a key moment's salience halves."
     )
     text_chars: int = Field(
-        4000, ge=200, description="Searchable text kept per consolidated record (characters)."
+        32_000,
+        ge=1000,
+        description="Searchable text the consolidated tier of a stream keeps (characters); "
+        "past it, merges drop words (counted in the stream's summary).",
     )
 
 
@@ -178,89 +181,73 @@ class RedisSettings(BaseModel):
     )
     worker_streams: int = Field(8, ge=1, le=256, description="Streams one worker ingests.")
     changes_kept: int = Field(
-        10000, ge=100, description="Change-log entries kept per stream for query processes."
-    )
-    vector_index: Literal["auto", "server", "local"] = Field(
-        "auto",
-        description="Dense search in Redis's own vector index ('server', needs the query "
-        "engine) or in each query process ('local'); 'auto' picks what the server has.",
+        1000,
+        ge=100,
+        description="Change-log entries kept per stream; a query process further behind "
+        "reloads that stream.",
     )
 
 
 class SecuritySettings(BaseModel):
-    """Who may use the service and how much: the admin token, scoped tokens, request limits."""
+    """API access: the admin token file, rate limits, request size limits."""
 
     token_file: Path | None = Field(
-        None, description="File holding the admin token (instead of --token or server.token)."
-    )
-    max_body_bytes: int = Field(
-        1 << 20, ge=1024, le=64 << 20, description="Largest request body (bytes); more: 413."
-    )
-    max_query_bytes: int = Field(
-        16384, ge=256, le=1 << 20, description="Longest query string (bytes); more: 414."
-    )
-    max_path_bytes: int = Field(
-        2048, ge=64, le=65536, description="Longest request path (bytes); more: 414."
+        None, description="File holding the admin token (instead of server.token)."
     )
     rate_per_minute: float = Field(
-        240.0, gt=0.0, description="Searches, asks and watches a token may start per minute."
+        600.0, gt=0.0, description="Requests per minute per token or client, on average."
     )
-    rate_burst: int = Field(
-        60, ge=1, description="Queries a token may send at once before the rate applies."
-    )
-    rate_keys: int = Field(
-        10000, ge=16, description="Tokens (or clients) the rate limiter tracks at most."
-    )
+    rate_burst: int = Field(60, ge=1, description="Requests per token or client at once.")
+    rate_keys: int = Field(10000, ge=1, description="Rate-limit buckets kept (LRU).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (bytes).")
+    max_path_bytes: int = Field(2048, ge=64, description="Longest request path (bytes).")
+    max_query_bytes: int = Field(8192, ge=64, description="Longest query string (bytes).")
 
 
 class MediaLimits(BaseModel):
-    """Bounds on what a source may be: anything beyond ends that stream with a reason."""
+    """What a source may be: bounds checked at open and while reading."""
 
+    max_tracks: int = Field(16, ge=1, description="Streams in one container.")
     max_width: int = Field(8192, ge=16, description="Widest video accepted (pixels).")
     max_height: int = Field(8192, ge=16, description="Tallest video accepted (pixels).")
     max_pixels: int = Field(
-        7680 * 4320, ge=256, description="Largest frame area accepted (pixels, 8K by default)."
+        8192 * 4320, ge=256, description="Largest video frame accepted (pixels)."
     )
     min_sample_rate: int = Field(1000, ge=1, description="Lowest audio sample rate (Hz).")
-    max_sample_rate: int = Field(384000, ge=8000, description="Highest audio sample rate (Hz).")
-    max_channels: int = Field(64, ge=1, description="Most audio channels in the track used.")
-    max_tracks: int = Field(
-        128, ge=1, description="Most streams a container may hold (only one of each is used)."
-    )
+    max_sample_rate: int = Field(384_000, ge=1, description="Highest audio sample rate (Hz).")
+    max_channels: int = Field(64, ge=1, description="Most audio channels accepted.")
     max_duration: float = Field(
-        86400.0, gt=0.0, description="Longest file (s, stated or reached); live streams: none."
+        7 * 24 * 3600.0, gt=0.0, description="Longest file accepted (s); live sources: no limit."
     )
     max_bitrate: float = Field(
-        200e6, gt=0.0, description="Highest bitrate (bit/s), stated or measured over 10 s."
+        200e6, gt=0.0, description="Highest stated or measured bitrate (bit/s)."
     )
     max_corrupt_packets: int = Field(
-        500, ge=1, description="Packets in a row that fail to decode before the stream ends."
+        200, ge=1, description="Corrupt packets in a row before a source is ended."
     )
 
 
 class ResilienceSettings(BaseModel):
-    """How faults are ridden out: reconnects, stage restarts, a full disk, shutdown."""
+    """Reconnecting live sources, restarting failed stages, persisting, draining."""
 
-    reconnect: bool = Field(True, description="Reconnect live network sources that drop.")
-    reconnect_initial: float = Field(0.5, gt=0.0, description="First wait before a reconnect (s).")
-    reconnect_max: float = Field(30.0, gt=0.0, description="Longest wait between reconnects (s).")
+    reconnect: bool = Field(True, description="Reconnect live sources that drop.")
+    reconnect_initial: float = Field(0.5, gt=0.0, description="First reconnect wait (s).")
+    reconnect_max: float = Field(30.0, gt=0.0, description="Longest reconnect wait (s).")
     reconnect_attempts: int = Field(
-        0, ge=0, description="Failed reconnects in a row before giving up (0: never give up)."
+        0, ge=0, description="Reconnect attempts before giving up (0: never give up)."
     )
     stage_restarts: int = Field(
-        5, ge=0, description="Restarts of a failing perception stage per minute before it rests."
+        5, ge=0, description="Restarts a minute before a failing stage rests."
     )
-    stage_rest: float = Field(
-        60.0, gt=0.0, description="How long (s) a stage that kept failing is skipped."
-    )
+    stage_rest: float = Field(60.0, ge=0.0, description="How long a failing stage rests (s).")
     unsaved_max: int = Field(
-        20000, ge=1, description="Moments held in RAM per stream while memory cannot be written."
+        20000, ge=1, description="Moments held in memory while the store cannot write."
     )
     persist_retry_max: float = Field(
-        30.0, gt=0.0, description="Longest wait (s) between retries of a failed memory write."
+        30.0, gt=0.0, description="Longest wait between two store write retries (s)."
     )
     drain_seconds: float = Field(
-        20.0, gt=0.0, description="On SIGTERM: time (s) to drain queues and flush memory."
+        30.0, gt=0.0, description="On stop or SIGTERM: time for queued work to be stored (s)."
     )
 
 

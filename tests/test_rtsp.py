@@ -102,6 +102,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_listening(port: int, seconds: float = 15.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @pytest.mark.skipif(
     shutil.which("rtsp-server-perl") is None, reason="Debian's rtsp-server-perl is not installed"
 )
@@ -122,7 +136,7 @@ def test_rtsp_from_a_real_rtsp_server(clip: Path) -> None:
     )  # fmt: skip
     pusher: subprocess.Popen[bytes] | None = None
     try:
-        time.sleep(0.5)
+        _wait_listening(publish)
         pusher = subprocess.Popen(
             ["ffmpeg", "-v", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "rtsp",
              f"rtsp://127.0.0.1:{publish}/live"],

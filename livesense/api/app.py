@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import anyio
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -20,15 +21,23 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livesense import __version__
+from livesense.api.auth import Authenticator, AuthError, Principal
+from livesense.api.limits import RequestLimits
+from livesense.api.tokens import Scope, TokenStore
 from livesense.api.whip import whip_router
+from livesense.config import SecuritySettings
 from livesense.errors import LivesenseError, NotFoundError, QueryError, SourceError
-from livesense.memory.store import MemoryStore
+from livesense.memory.store_base import Store
 from livesense.memory.watch import WatchHub
 from livesense.pipeline import metrics
-from livesense.pipeline.manager import StreamManager, check_stream_id
+from livesense.pipeline.manager import StreamManager, check_stream_id, stream_id_for
 from livesense.records import Hit
 
+if TYPE_CHECKING:
+    from livesense.memory.work_list import WorkList
+
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("livesense.api")
 
 
 class AskRequest(BaseModel):
@@ -42,16 +51,25 @@ class StartStream(BaseModel):
     realtime: bool = False
 
 
-class AuthError(LivesenseError):
-    status = 401
-
-
 @dataclass
 class Services:
-    store: MemoryStore
+    store: Store
     manager: StreamManager | None
     hub: WatchHub
-    token: str | None = None
+    token: str | None = None  # the admin token; None: open API (bind to loopback only)
+    tokens: TokenStore | None = None  # scoped tokens
+    security: SecuritySettings | None = None
+    work: WorkList | None = None  # Redis work list: streams run by workers, not here
+
+
+def caller(request: Request) -> Principal:
+    """The request's Principal (401 without a valid token when one is configured)."""
+    authn: Authenticator = request.app.state.auth
+    client = request.client.host if request.client else None
+    return authn.from_header(request.headers.get("authorization"), client)
+
+
+Caller = Annotated[Principal, Depends(caller)]
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
@@ -74,10 +92,23 @@ def create_app(services: Services) -> FastAPI:
 
     app = FastAPI(title="livesense", version=__version__, lifespan=lifespan)
     app.state.services = services
+    security = services.security or SecuritySettings()
+    authn = Authenticator(services.token, services.tokens, security)
+    app.state.auth = authn
+    app.add_middleware(RequestLimits, settings=security)
 
     @app.exception_handler(LivesenseError)
     async def on_error(request: Request, exc: LivesenseError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        headers = getattr(exc, "headers", None)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"error": f"The service failed on this request ({exc.__class__.__name__})."},
+            status_code=500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,27 +121,22 @@ def create_app(services: Services) -> FastAPI:
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    def authorize(request: Request) -> None:
-        if services.token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), services.token):
-            raise AuthError("A valid 'Authorization: Bearer <token>' header is required.")
-
-    auth = [Depends(authorize)]
-
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
         running = services.manager.running() if services.manager else []
-        return {"status": "ok", "version": __version__, "streams": running}
+        out: dict[str, Any] = {"status": "ok", "version": __version__, "running": len(running)}
+        if not authn.enabled:  # stream names are for token holders only
+            out["streams"] = running
+        return out
 
-    @app.get("/metrics", dependencies=auth, tags=["service"])
-    def prometheus() -> Response:
+    @app.get("/metrics", tags=["service"])
+    def prometheus(who: Caller) -> Response:
+        who.require_admin()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/search", dependencies=auth, tags=["query"])
+    @app.get("/v1/search", tags=["query"])
     def search(
+        who: Caller,
         q: Annotated[str, Query(min_length=1, max_length=1000)],
         stream: Annotated[str | None, Query(max_length=64)] = None,
         top_k: Annotated[int, Query(ge=1, le=100)] = 5,
@@ -119,36 +145,47 @@ def create_app(services: Services) -> FastAPI:
     ) -> dict[str, Any]:
         if stream is not None:
             check_stream_id(stream)
+        stream = who.narrow(stream)
+        authn.limit(who, "searches")
         t0 = time.perf_counter()
         services.store.refresh()
         hits = services.store.search(q, stream=stream, start=start, end=end, top_k=top_k)
         metrics.QUERY_SECONDS.labels("search").observe(time.perf_counter() - t0)
         return {"hits": [hit_json(h) for h in hits]}
 
-    @app.post("/v1/ask", dependencies=auth, tags=["query"])
-    def ask(body: AskRequest) -> dict[str, Any]:
+    @app.post("/v1/ask", tags=["query"])
+    def ask(body: AskRequest, who: Caller) -> dict[str, Any]:
         if body.stream is not None:
             check_stream_id(body.stream)
+        stream = who.narrow(body.stream)
+        authn.limit(who, "questions")
         t0 = time.perf_counter()
         services.store.refresh()
-        answer = services.store.ask(body.question, stream=body.stream)
+        answer = services.store.ask(body.question, stream=stream)
         metrics.QUERY_SECONDS.labels("ask").observe(time.perf_counter() - t0)
         return {"answer": answer.text, "hits": [hit_json(h) for h in answer.hits]}
 
-    @app.get("/v1/streams", dependencies=auth, tags=["streams"])
-    def list_streams() -> dict[str, Any]:
+    @app.get("/v1/streams", tags=["streams"])
+    def list_streams(who: Caller) -> dict[str, Any]:
         services.store.refresh()
-        live = {s.stream: s for s in services.manager.statuses()} if services.manager else {}
+        statuses = services.manager.statuses() if services.manager else []
+        live = {s.stream: s.to_json() for s in statuses}
+        if services.work is not None:
+            live.update(anyio.from_thread.run(services.work.statuses))
         out = []
         for info in services.store.streams():
             status = live.pop(info["stream"], None)
-            out.append({**info, "ingest": status.to_json() if status else None})
+            out.append({**info, "ingest": status})
         for status in live.values():
-            out.append({"stream": status.stream, "records": 0, "ingest": status.to_json()})
-        return {"streams": out}
+            out.append({"stream": status["stream"], "records": 0, "ingest": status})
+        return {"streams": [s for s in out if who.sees(s["stream"])]}
 
-    @app.post("/v1/streams", dependencies=auth, tags=["streams"], status_code=201)
-    async def start_stream(body: StartStream) -> dict[str, Any]:
+    @app.post("/v1/streams", tags=["streams"], status_code=201)
+    async def start_stream(body: StartStream, who: Caller) -> dict[str, Any]:
+        who.require_admin()  # opening URLs and files of the server's choosing: admin only
+        if services.work is not None:  # a worker takes it from the Redis work list
+            sid = check_stream_id(body.stream or stream_id_for(body.url))
+            return await services.work.start(body.url, sid, realtime=body.realtime)
         if services.manager is None:
             raise LivesenseError("This process only answers queries; it ingests no streams.")
         pipeline = await services.manager.start(body.url, body.stream, realtime=body.realtime)
@@ -161,42 +198,52 @@ def create_app(services: Services) -> FastAPI:
             raise SourceError(pipeline.status.error or "The source could not be opened.")
         return pipeline.status.to_json()
 
-    @app.delete("/v1/streams/{stream}", dependencies=auth, tags=["streams"])
-    async def stop_stream(stream: str) -> dict[str, Any]:
+    @app.delete("/v1/streams/{stream}", tags=["streams"])
+    async def stop_stream(stream: str, who: Caller) -> dict[str, Any]:
         check_stream_id(stream)
+        who.require(Scope.ADMIN, stream)
+        if services.work is not None:
+            return await services.work.stop(stream)
         if services.manager is None:
             raise NotFoundError(f"Stream {stream} is not being ingested.")
         status = await services.manager.stop(stream)
         return status.to_json()
 
-    @app.get("/v1/keyframes/{stream}/{name}", dependencies=auth, tags=["query"])
-    def keyframe(stream: str, name: str) -> FileResponse:
+    @app.get("/v1/keyframes/{stream}/{name}", tags=["query"])
+    def keyframe(stream: str, name: str, who: Caller) -> Response:
         check_stream_id(stream)
+        who.require(Scope.READ, stream)
         index = name.removesuffix(".jpg")
-        if not index.isdigit():
+        if not (index.isascii() and index.isdigit()) or len(index) > 12:
             raise NotFoundError(f"No keyframe named {name[:40]!r}.")
         path = services.store.keyframe_path(stream, int(index))
-        if path is None or not path.is_file():
+        if path is not None and path.is_file():
+            return FileResponse(path, media_type="image/jpeg")
+        data = services.store.keyframe(stream, int(index))  # stores without files (Redis)
+        if data is None:
             raise NotFoundError(f"Stream {stream} has no keyframe {index}.")
-        return FileResponse(path, media_type="image/jpeg")
+        return Response(data, media_type="image/jpeg")
 
     @app.websocket("/v1/watch")
     async def watch(ws: WebSocket) -> None:
         q = ws.query_params.get("q", "").strip()
         stream = ws.query_params.get("stream") or None
-        if services.token is not None:
-            header = ws.headers.get("authorization", "")
-            given = header.partition(" ")[2].strip() or ws.query_params.get("token", "")
-            if not hmac.compare_digest(given, services.token):
-                await ws.close(code=1008, reason="A valid bearer token is required.")
-                return
+        header = ws.headers.get("authorization", "")
+        given = header.partition(" ")[2].strip() or ws.query_params.get("token", "")
+        try:
+            who = authn.principal(given, ws.client.host if ws.client else None)
+        except AuthError:
+            await ws.close(code=1008, reason="A valid bearer token is required.")
+            return
         try:
             if not q or len(q) > 1000:
                 raise QueryError("A watch needs a query 'q' of 1 to 1000 characters.")
             if stream is not None:
                 check_stream_id(stream)
-        except QueryError as e:
-            await ws.close(code=1008, reason=str(e))
+            stream = who.narrow(stream)
+            authn.limit(who, "watches")
+        except LivesenseError as e:
+            await ws.close(code=1013 if e.status == 429 else 1008, reason=str(e)[:120])
             return
         await ws.accept()
         sub = await asyncio.to_thread(services.hub.subscribe, q, stream=stream)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import secrets
 import sqlite3
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from livesense.api.auth import Authenticator
+from livesense.api.tokens import Scope
 from livesense.config import Settings, WebRTCSettings
 from livesense.errors import LivesenseError, NotFoundError, SourceError
 from livesense.pipeline.manager import check_stream_id
@@ -130,19 +131,17 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers={**CORS, **headers})
 
 
-def _authorized(request: Request, token: str | None) -> bool:
-    if token is None:
-        return True
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
-
-
-def _unauthorized() -> JSONResponse:
-    return _error(
-        401,
-        "A valid 'Authorization: Bearer <token>' header is required.",
-        **{"WWW-Authenticate": 'Bearer realm="livesense"'},
-    )
+def _denied(request: Request, services: Services, action: Scope, stream: str) -> Response | None:
+    """None when the request's token may `action` on `stream`, else the 401/403 answer."""
+    authn = getattr(request.app.state, "auth", None)
+    if not isinstance(authn, Authenticator):
+        authn = Authenticator(services.token)
+    try:
+        client = request.client.host if request.client else None
+        authn.from_header(request.headers.get("authorization"), client).require(action, stream)
+    except LivesenseError as e:
+        return _error(e.status, str(e), **getattr(e, "headers", {}))
+    return None
 
 
 def _link_header(settings: WebRTCSettings) -> str | None:
@@ -230,8 +229,8 @@ def whip_router(services: Services) -> WhipRouter:
     @router.post("/whip/{stream}", status_code=201, response_class=Response)
     async def publish(stream: str, request: Request) -> Response:
         """Start publishing to `stream`: the body is an SDP offer, the answer comes back."""
-        if not _authorized(request, services.token):
-            return _unauthorized()
+        if (denied := _denied(request, services, Scope.PUBLISH, stream)) is not None:
+            return denied
         try:
             check_stream_id(stream)
         except LivesenseError as e:
@@ -339,8 +338,8 @@ def whip_router(services: Services) -> WhipRouter:
     @router.patch("/whip/{stream}/{session}", response_class=Response)
     async def trickle(stream: str, session: str, request: Request) -> Response:
         """Trickle ICE: add the publisher's candidates (ICE restarts are refused with 422)."""
-        if not _authorized(request, services.token):
-            return _unauthorized()
+        if (denied := _denied(request, services, Scope.PUBLISH, stream)) is not None:
+            return denied
         try:
             found = _session(stream, session)
         except NotFoundError as e:
@@ -366,8 +365,8 @@ def whip_router(services: Services) -> WhipRouter:
     @router.delete("/whip/{stream}/{session}")
     async def unpublish(stream: str, session: str, request: Request) -> Response:
         """End the session; what the stream stored so far stays in memory."""
-        if not _authorized(request, services.token):
-            return _unauthorized()
+        if (denied := _denied(request, services, Scope.PUBLISH, stream)) is not None:
+            return denied
         try:
             found = _session(stream, session)
         except NotFoundError as e:
@@ -384,8 +383,8 @@ def whip_router(services: Services) -> WhipRouter:
         limit: Annotated[int, Query(ge=1, le=200)] = 30,
     ) -> Response:
         """The newest stored moments of a stream, newest first, with keyframe URLs."""
-        if not _authorized(request, services.token):
-            return _unauthorized()
+        if (denied := _denied(request, services, Scope.READ, stream)) is not None:
+            return denied
         try:
             check_stream_id(stream)
         except LivesenseError as e:

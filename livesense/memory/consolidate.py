@@ -1,10 +1,8 @@
-"""Consolidation: fold the oldest moments of a stream into fewer, summarised ones.
+"""Consolidation: merge adjacent moments of a stream into one summarised record.
 
-Memory is bounded per stream. When a stream grows past its bound, its oldest records are
-grouped: adjacent, contiguous records that look alike (cosine of their pooled tokens at or
-above `merge_similarity`) merge first; if that is not enough, the most similar adjacent
-groups merge until it is. A merged record keeps every distinct word and code of its members
-in its searchable text, so what was consolidated stays findable.
+memory.tiers decides which records merge and when; merge_group makes the merged record: the
+span of its members, one count-weighted mean token per modality, the distinct transcript
+sentences and on-screen lines, the loudest events and the most salient member's keyframe.
 """
 
 from __future__ import annotations
@@ -18,11 +16,8 @@ from livesense.memory.index import pool
 from livesense.memory.lexical import normalise
 from livesense.records import Evidence, OcrLine, SnippetRecord
 
-GAP_TOLERANCE = 0.25
-"""Seconds between one record's end and the next one's start still counted as no gap."""
-
-TRANSCRIPT_MAX = 1000  # characters of merged transcript kept for display
-OCR_MAX = 40  # distinct on-screen lines kept for display
+TRANSCRIPT_MAX = 240  # characters of merged transcript kept for display (answers quote 220)
+OCR_MAX = 12  # distinct on-screen lines kept for display
 LEX_MAX = 20000  # characters of searchable text kept whole before falling back to words
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -40,57 +35,9 @@ class Stored:
     members: list[int] = field(default_factory=list)  # row ids merged into this one
 
 
-def salience(ev: Evidence) -> float:
-    """How much a moment shows: faces, text on screen, a cut, motion, sound, speech."""
-    return (
-        float(ev.faces)
-        + 0.5 * min(len(ev.ocr), 6)
-        + (1.0 if ev.scene_change else 0.0)
-        + float(ev.motion)
-        + max(ev.events.values(), default=0.0)
-        + (1.0 if ev.transcript.strip() else 0.0)
-    )
-
-
-def plan_groups(items: list[Stored], reduce_by: int, merge_similarity: float) -> list[list[Stored]]:
-    """Split time-ordered records into groups to merge, `reduce_by` fewer at least if possible.
-
-    First, runs of contiguous look-alike neighbours; then, while not reduced enough, the most
-    similar adjacent pair of groups, whatever the gap between them.
-    """
-    if not items:
-        return []
-    vecs = np.stack([pool(it.record.tokens) for it in items])
-    groups: list[list[Stored]] = [[items[0]]]
-    for i in range(1, len(items)):
-        prev, cur = items[i - 1].record, items[i].record
-        contiguous = abs(cur.start - prev.end) <= GAP_TOLERANCE
-        if contiguous and float(vecs[i - 1] @ vecs[i]) >= merge_similarity:
-            groups[-1].append(items[i])
-        else:
-            groups.append([items[i]])
-    need = reduce_by - (len(items) - len(groups))
-    if need <= 0 or len(groups) < 2:
-        return groups
-    weights = np.array([it.record.count for it in items], np.float32)[:, None]
-    sums: list[np.ndarray] = []
-    i = 0
-    for g in groups:
-        sums.append((vecs[i : i + len(g)] * weights[i : i + len(g)]).sum(axis=0))
-        i += len(g)
-    while need > 0 and len(groups) > 1:
-        mat = np.stack(sums)
-        mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
-        sims = (mat[:-1] * mat[1:]).sum(axis=1)
-        j = int(np.argmax(sims))
-        groups[j].extend(groups.pop(j + 1))
-        sums[j] = sums[j] + sums.pop(j + 1)
-        need -= 1
-    return groups
-
-
-def merge_group(group: list[Stored]) -> Stored:
-    """One consolidated record standing for the group (its row id is 0 until stored)."""
+def merge_group(group: list[Stored], *, lex: bool = True) -> Stored:
+    """One consolidated record standing for the group (its row id is 0 until stored);
+    lex=False leaves its searchable text empty for the caller to fill (memory.tiers)."""
     first = group[0].record
     counts = np.array([it.record.count for it in group], np.float32)
     tokens, modalities, times = _merge_tokens(group, counts)
@@ -122,7 +69,7 @@ def merge_group(group: list[Stored]) -> Stored:
         rid=0,
         record=record,
         last_index=max(it.last_index for it in group),
-        lex=merge_lex([it.lex for it in group]),
+        lex=merge_lex([it.lex for it in group]) if lex else "",
         salience=max(it.salience for it in group),
         members=[it.rid for it in group],
     )

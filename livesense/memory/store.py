@@ -1,11 +1,13 @@
 """MemoryStore: the embedded rolling memory in a directory (SQLite in WAL mode + keyframes).
 
 Layout: DIR/memory.db holds records (evidence as JSON, tokens as float16), two FTS5 tables
-(words and trigrams) and a meta table; DIR/keyframes/<stream>/<index>.jpg holds keyframes.
+(words and trigrams, memory.text_tables) and a meta table (with each stream's summary, the
+abstract tier); DIR/keyframes/<stream>/<index>.jpg holds keyframes. Streams are kept in tiers
+(memory.tiers): each new snippet is one TierPlan applied in one transaction.
 One process writes (it holds DIR/writer.lock); any number of others read. Every add is its own
 short transaction, so a killed writer loses at most the moment in flight. Readers open the
 database read-only and catch up incrementally: new rows have larger ids, and rows removed by
-consolidation are logged with the `generation` they were removed in.
+merging are logged with the `generation` they were removed in.
 """
 
 from __future__ import annotations
@@ -24,14 +26,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from livesense.config import MemorySettings
-from livesense.engines.text import DIM, TextEmbedder, shared_text_embedder
-from livesense.errors import LivesenseError, NotFoundError, QueryError
-from livesense.memory.answer import compose_answer
-from livesense.memory.consolidate import Stored, merge_group, plan_groups, salience
+from livesense.engines.text import DIM, TextEmbedder
+from livesense.errors import LivesenseError, NotFoundError
+from livesense.memory.checks import check_record
+from livesense.memory.consolidate import Stored
 from livesense.memory.index import IndexEntry, VectorIndex
-from livesense.memory.lexical import normalise, searchable_text, stream_key
-from livesense.memory.search import check_query, check_stream, rank
-from livesense.records import Answer, Evidence, Hit, OcrLine, SnippetRecord, Word
+from livesense.memory.lexical import searchable_text
+from livesense.memory.search import check_stream, rank
+from livesense.memory.store_base import Store
+from livesense.memory.summary import StreamSummary
+from livesense.memory.text_tables import TEXT_TABLES, index_text, text_columns, unindex_text
+from livesense.memory.tiers import (
+    Drop,
+    Put,
+    Retier,
+    StreamTiers,
+    TierBudget,
+    TierPlan,
+    TimelineMoment,
+)
+from livesense.records import Evidence, Hit, OcrLine, SnippetRecord, Word
 
 if TYPE_CHECKING:
     from livesense.memory.watch import WatchHub
@@ -41,7 +55,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 REMOVED_LOG_GENERATIONS = 256  # consolidations a reader may fall behind before a full reload
 BUSY_TIMEOUT_MS = 5000
-ASK_HITS = 5
 
 __all__ = ["MemoryStore", "check_stream"]
 
@@ -71,10 +84,7 @@ CREATE TABLE IF NOT EXISTS records(
     UNIQUE(stream, idx)
 );
 CREATE INDEX IF NOT EXISTS records_time ON records(stream, start_t);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    norm, skey, content='records', content_rowid='id', tokenize='unicode61 remove_diacritics 2');
-CREATE VIRTUAL TABLE IF NOT EXISTS tri USING fts5(
-    lex, skey, content='records', content_rowid='id', tokenize='trigram');
+{TEXT_TABLES}
 CREATE TABLE IF NOT EXISTS removed(gen INTEGER NOT NULL, id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_gen ON removed(gen);
 INSERT OR IGNORE INTO meta(key, value)
@@ -87,6 +97,9 @@ _COLS = (
 )
 
 
+_EVIDENCE_FIELDS = tuple(f.name for f in dataclasses.fields(Evidence))
+
+
 def _jsonable(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -96,7 +109,15 @@ def _jsonable(o: Any) -> Any:
 
 
 def evidence_to_json(ev: Evidence) -> str:
-    return json.dumps(dataclasses.asdict(ev), default=_jsonable, ensure_ascii=False)
+    """Evidence as JSON (a hand-written asdict: this runs for every stored moment)."""
+    d = {f: getattr(ev, f) for f in _EVIDENCE_FIELDS}
+    d["words"] = [
+        {"text": w.text, "start": w.start, "end": w.end, "prob": w.prob} for w in ev.words
+    ]
+    d["ocr"] = [{"text": o.text, "box": list(o.box), "score": o.score, "t": o.t} for o in ev.ocr]
+    d["events"] = dict(ev.events)
+    d["colors"] = list(ev.colors)
+    return json.dumps(d, default=_jsonable, ensure_ascii=False)
 
 
 def evidence_from_json(text: str) -> Evidence:
@@ -119,7 +140,7 @@ def _unblob(b: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(b, np.float16).reshape(-1, dim).astype(np.float32)
 
 
-class MemoryStore:
+class MemoryStore(Store):
     """The rolling memory of all streams in one directory: add, search, ask, list."""
 
     def __init__(
@@ -142,9 +163,13 @@ class MemoryStore:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._write_lock = threading.Lock()  # one add or consolidation at a time
+        self._write_lock = threading.Lock()  # one add at a time
         self._refresh_lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._budget = TierBudget.from_settings(self.settings)
+        self._tiers: dict[str, StreamTiers] = {}
+        self._queried: dict[str, set[int]] = {}  # hits of queries, for the next add
+        self._queried_lock = threading.Lock()
         self._generation = 0
         self._max_id = 0
         self._lockfile: Any = None
@@ -230,12 +255,6 @@ class MemoryStore:
             raise
         conn.execute("COMMIT")
 
-    @property
-    def embedder(self) -> TextEmbedder:
-        if self._embedder is None:
-            self._embedder = shared_text_embedder()
-        return self._embedder
-
     # -- loading -------------------------------------------------------------------------
 
     def _meta(self, conn: sqlite3.Connection, key: str) -> int:
@@ -295,10 +314,6 @@ class MemoryStore:
                 self._load_rows(conn, 0)
             finally:
                 conn.execute("COMMIT")
-        if not self.readonly:
-            with self._write_lock:
-                for stream in list(self._counts):
-                    self._consolidate_locked(stream)
 
     def refresh(self) -> None:
         """Pick up what another process wrote since the last look (cheap when nothing did)."""
@@ -333,63 +348,129 @@ class MemoryStore:
     def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
         """Store one moment (a no-op if its snippet is already stored) and publish it."""
         stream = check_stream(record.stream)
-        tokens = self._check_record(record)
+        tokens = check_record(record)
         index = int(record.index)
         with self._write_lock:
             conn = self._writer
             if conn is None:
                 closed = "has been closed" if self._closed else "is open read-only"
                 raise LivesenseError(f"This memory {closed}; it cannot be written.")
-            if self._covered(conn, stream, index):
+            tiers = self._tiers_of(conn, stream)
+            with self._queried_lock:
+                tiers.mark_queried(self._queried.pop(stream, ()))
+            if tiers.covering(index) is not None:
                 return
             ev = record.evidence
             if keyframe:
                 ev = dataclasses.replace(ev, keyframe=self._write_keyframe(stream, index, keyframe))
-            stored = Stored(
+            item = Stored(
                 rid=0,
                 record=dataclasses.replace(record, tokens=tokens, evidence=ev),
                 last_index=index,
                 lex=searchable_text(ev),
-                salience=salience(ev),
             )
-            with self._transaction() as c:
-                rid = self._insert(c, stored)
-            self._index.add(rid, tokens, stream, record.start, record.end)
-            self._max_id = max(self._max_id, rid)
-            self._counts[stream] = self._counts.get(stream, 0) + 1
-            if self._counts[stream] > self.settings.max_records_per_stream:
-                self._consolidate_locked(stream)
+            plan = tiers.admit(item)
+            if plan is None:
+                return
+            try:
+                self._apply(conn, plan)
+            except BaseException:
+                self._tiers.pop(stream, None)  # reloaded from what was committed
+                raise
         if self.hub is not None:
             try:
-                self.hub.publish(stored.record)
+                self.hub.publish(item.record)
             except Exception:  # a failing standing query must not fail the ingest
                 log.exception("publishing moment %s/%s to watchers failed", stream, index)
 
-    def _check_record(self, record: SnippetRecord) -> np.ndarray:
-        tokens = np.asarray(record.tokens, np.float32)
-        if tokens.size == 0:
-            tokens = np.zeros((0, DIM), np.float32)
-        elif tokens.ndim == 1 and tokens.size == DIM:
-            tokens = tokens[None, :]
-        if tokens.ndim != 2 or tokens.shape[1] != DIM:
-            raise LivesenseError(
-                f"A record's tokens must be (K, {DIM}) vectors, not {tuple(tokens.shape)}."
-            )
-        if not np.isfinite(tokens).all():
-            raise LivesenseError("A record's tokens contain NaN or infinite values.")
-        if not (np.isfinite(record.start) and np.isfinite(record.end)) or record.end < record.start:
-            raise LivesenseError(f"A record's time span {record.start}..{record.end} is invalid.")
-        if int(record.index) < 0:
-            raise LivesenseError(f"A record's index must not be negative ({record.index}).")
-        norms = np.linalg.norm(tokens, axis=1, keepdims=True)
-        return np.where(norms > 1e-12, tokens / np.maximum(norms, 1e-12), tokens)
+    def import_stream(
+        self, stream: str, items: list[Stored], summary: StreamSummary | None = None
+    ) -> None:
+        """Store a stream's records as they are (see Store.import_stream)."""
+        check_stream(stream)
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise LivesenseError("This memory is open read-only; it cannot be written.")
+            if self._tiers_of(conn, stream).items():
+                raise LivesenseError(f"Stream {stream} is already stored here.")
+            self._tiers.pop(stream, None)
+            plan = TierPlan(stream, -1, [Put(it) for it in items], summary)
+            self._apply(conn, plan)
+            self._tiers.pop(stream, None)  # loaded again from what was committed
 
-    def _covered(self, conn: sqlite3.Connection, stream: str, index: int) -> bool:
-        row = conn.execute(
-            "SELECT last_idx FROM records WHERE stream = ? AND idx <= ? ORDER BY idx DESC LIMIT 1",
-            (stream, index),
-        ).fetchone()
-        return row is not None and int(row[0]) >= index
+    def _tiers_of(self, conn: sqlite3.Connection, stream: str) -> StreamTiers:
+        """The stream's tiers, loaded from the database on first use."""
+        tiers = self._tiers.get(stream)
+        if tiers is None:
+            rows = conn.execute(
+                f"SELECT {_COLS} FROM records WHERE stream = ? ORDER BY idx", (stream,)
+            ).fetchall()
+            raw = conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (f"summary:{stream}",)
+            ).fetchone()
+            summary = StreamSummary.from_json(raw[0]) if raw else None
+            items = [self._stored(r) for r in rows]
+            tiers = self._tiers[stream] = StreamTiers(stream, self._budget, items, summary)
+        return tiers
+
+    def _apply(self, conn: sqlite3.Connection, plan: TierPlan) -> None:
+        """Apply one plan in one transaction, then the dense index and the keyframe files."""
+        stream = plan.stream
+        put: dict[int, Stored] = {}  # row id -> record, for the ones still stored at the end
+        removed: list[int] = []
+        with self._transaction() as c:
+            for op in plan.ops:
+                if isinstance(op, Put):
+                    op.item.rid = self._insert(c, op.item)
+                    put[op.item.rid] = op.item
+                elif isinstance(op, Retier):
+                    c.execute(
+                        "UPDATE records SET tier = ? WHERE stream = ? AND idx = ?",
+                        (op.tier, stream, op.index),
+                    )
+                elif isinstance(op, Drop):
+                    row = c.execute(
+                        "SELECT id FROM records WHERE stream = ? AND idx = ?", (stream, op.index)
+                    ).fetchone()
+                    if row is not None:
+                        self._delete(c, int(row[0]))
+                        if put.pop(int(row[0]), None) is None:
+                            removed.append(int(row[0]))
+            gen = self._generation
+            if removed:
+                gen = self._meta(c, "generation") + 1
+                c.executemany(
+                    "INSERT INTO removed(gen, id) VALUES (?, ?)", [(gen, rid) for rid in removed]
+                )
+                floor = gen - REMOVED_LOG_GENERATIONS
+                if floor > 0:
+                    c.execute("DELETE FROM removed WHERE gen < ?", (floor,))
+                c.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?), "
+                    "('pruned_below', ?)",
+                    (str(gen), str(max(0, floor))),
+                )
+            if plan.summary is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    (f"summary:{stream}", plan.summary.to_json()),
+                )
+        self._generation = gen
+        if removed:
+            self._index.remove(removed)
+        self._index.add_many(
+            [
+                IndexEntry(rid, it.record.tokens, stream, it.record.start, it.record.end)
+                for rid, it in put.items()
+            ]
+        )
+        if put:
+            self._max_id = max(self._max_id, *put)
+        self._counts[stream] = self._counts.get(stream, 0) + len(put) - len(removed)
+        for ref in plan.dropped_keyframes:
+            with contextlib.suppress(OSError):
+                (self.keyframes / ref).unlink()
 
     def _write_keyframe(self, stream: str, index: int, data: bytes) -> str:
         folder = self.keyframes / stream
@@ -401,8 +482,7 @@ class MemoryStore:
 
     def _insert(self, conn: sqlite3.Connection, s: Stored) -> int:
         r = s.record
-        norm = normalise(s.lex)
-        skey = stream_key(r.stream)
+        norm, skey = text_columns(s.lex, r.stream)
         clip = None if r.clip_tokens is None else np.asarray(r.clip_tokens, np.float32)
         cur = conn.execute(
             "INSERT INTO records(stream, idx, last_idx, start_t, end_t, wall, count, tier, "
@@ -431,80 +511,12 @@ class MemoryStore:
             ),
         )
         rid = int(cur.lastrowid or 0)
-        conn.execute("INSERT INTO fts(rowid, norm, skey) VALUES (?, ?, ?)", (rid, norm, skey))
-        conn.execute("INSERT INTO tri(rowid, lex, skey) VALUES (?, ?, ?)", (rid, s.lex, skey))
+        index_text(conn, rid, s.lex, norm, skey)
         return rid
 
     def _delete(self, conn: sqlite3.Connection, rid: int) -> None:
-        row = conn.execute("SELECT lex, norm, skey FROM records WHERE id = ?", (rid,)).fetchone()
-        if row is None:
-            return
-        lex, norm, skey = row
-        conn.execute(
-            "INSERT INTO fts(fts, rowid, norm, skey) VALUES ('delete', ?, ?, ?)", (rid, norm, skey)
-        )
-        conn.execute(
-            "INSERT INTO tri(tri, rowid, lex, skey) VALUES ('delete', ?, ?, ?)", (rid, lex, skey)
-        )
-        conn.execute("DELETE FROM records WHERE id = ?", (rid,))
-
-    # -- consolidation -------------------------------------------------------------------
-
-    def _consolidate_locked(self, stream: str) -> None:
-        """Fold the oldest records of a stream until it is within its bound."""
-        s = self.settings
-        bound = s.max_records_per_stream
-        conn = self._writer
-        assert conn is not None
-        while self._counts.get(stream, 0) > bound:
-            n = self._counts[stream]
-            batch = min(s.consolidate_batch, n)
-            slack = max(1, min(s.consolidate_batch, bound) // 4)
-            reduce_by = min(batch - 1, n - (bound - slack))
-            rows = conn.execute(
-                f"SELECT {_COLS} FROM records WHERE stream = ? ORDER BY idx LIMIT ?",
-                (stream, batch),
-            ).fetchall()
-            items = [self._stored(r) for r in rows]
-            merges = [merge_group(g) for g in plan_groups(items, reduce_by, s.merge_similarity)]
-            merges = [m for m in merges if len(m.members) > 1]
-            if not merges:
-                break
-            removed = {rid for m in merges for rid in m.members}
-            with self._transaction() as c:
-                gen = self._meta(c, "generation") + 1
-                for m in merges:
-                    for rid in m.members:
-                        self._delete(c, rid)
-                    m.rid = self._insert(c, m)
-                c.executemany(
-                    "INSERT INTO removed(gen, id) VALUES (?, ?)",
-                    [(gen, rid) for rid in sorted(removed)],
-                )
-                floor = gen - REMOVED_LOG_GENERATIONS
-                if floor > 0:
-                    c.execute("DELETE FROM removed WHERE gen < ?", (floor,))
-                c.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?), "
-                    "('pruned_below', ?)",
-                    (str(gen), str(max(0, floor))),
-                )
-            self._generation = gen
-            self._index.remove(removed)
-            self._index.add_many(
-                [
-                    IndexEntry(m.rid, m.record.tokens, stream, m.record.start, m.record.end)
-                    for m in merges
-                ]
-            )
-            self._max_id = max(self._max_id, *(m.rid for m in merges))
-            self._counts[stream] = n - len(removed) + len(merges)
-            kept = {m.record.evidence.keyframe for m in merges}
-            for item in items:
-                ref = item.record.evidence.keyframe
-                if item.rid in removed and ref and ref not in kept:
-                    with contextlib.suppress(OSError):
-                        (self.keyframes / ref).unlink()
+        if unindex_text(conn, rid):
+            conn.execute("DELETE FROM records WHERE id = ?", (rid,))
 
     def _stored(self, row: tuple[Any, ...]) -> Stored:
         (rid, stream, idx, last_idx, start, end, wall, count, tier, sal, ev, tokens, _ntok,
@@ -536,32 +548,6 @@ class MemoryStore:
         if row is None or int(row[3]) < int(index):
             return None
         return self._stored(row).record
-
-    def _check_range(self, start: float | None, end: float | None) -> None:
-        for v in (start, end):
-            if v is not None and not np.isfinite(v):
-                raise QueryError("Time range bounds must be finite numbers of seconds.")
-        if start is not None and end is not None and start > end:
-            raise QueryError(f"The time range starts ({start}) after it ends ({end}).")
-
-    def search(
-        self,
-        query: str,
-        *,
-        stream: str | None = None,
-        start: float | None = None,
-        end: float | None = None,
-        top_k: int = 5,
-    ) -> list[Hit]:
-        """The moments that best match a query, best first (see memory.search for the score)."""
-        q = check_query(query)
-        if stream is not None:
-            check_stream(stream)
-        self._check_range(start, end)
-        if not 1 <= int(top_k) <= 1000:
-            raise QueryError(f"top_k must be between 1 and 1000, not {top_k}.")
-        qvec = self.embedder.embed([q])[0]
-        return self._search(qvec, q, stream=stream, start=start, end=end, top_k=int(top_k))
 
     def _search(
         self,
@@ -604,38 +590,50 @@ class MemoryStore:
                         index=int(r[2]),
                     )
                 )
+        if not self.readonly:  # moments returned by queries may become key moments
+            with self._queried_lock:
+                for h in hits:
+                    self._queried.setdefault(h.stream, set()).add(h.index)
         return hits
 
-    def ask(self, question: str, *, stream: str | None = None) -> Answer:
-        """A short answer composed from the best moments' evidence (no language model)."""
-        q = check_query(question)
-        if stream is not None:
-            check_stream(stream)
-        qvec = self.embedder.embed([q])[0]
-        hits = self._search(qvec, q, stream=stream, start=None, end=None, top_k=ASK_HITS)
-        return compose_answer(
-            q, hits, embedder=self.embedder, qvec=qvec, stream=stream, neighbour=self._neighbour
-        )
-
-    def _neighbour(self, hit: Hit, step: int) -> Hit | None:
-        """The stored moment just before (step -1) or after (+1) a hit, in the same stream."""
-        if step < 0:
-            rec = self.get(hit.stream, hit.index - 1) if hit.index > 0 else None
-        else:
-            rec = self._next_record(hit.stream, hit.end)
-        if rec is None or (step < 0 and rec.end < hit.start - 1e-3):
-            return None
-        if step > 0 and rec.start > hit.end + 1e-3:
-            return None
-        return Hit(rec.stream, rec.start, rec.end, 0.0, rec.evidence, rec.index)
-
-    def _next_record(self, stream: str, after: float) -> SnippetRecord | None:
-        sql = (
-            f"SELECT {_COLS} FROM records WHERE stream = ? AND start_t >= ? "
-            "ORDER BY start_t LIMIT 1"
-        )
-        row = self._reader().execute(sql, (stream, after - 1e-3)).fetchone()
+    def _after(self, stream: str, index: int) -> SnippetRecord | None:
+        sql = f"SELECT {_COLS} FROM records WHERE stream = ? AND idx > ? ORDER BY idx LIMIT 1"
+        row = self._reader().execute(sql, (stream, int(index))).fetchone()
         return None if row is None else self._stored(row).record
+
+    def timeline(self, stream: str) -> list[TimelineMoment]:
+        """The stream's stored moments in time order; they tile the stream without overlaps."""
+        check_stream(stream)
+        self.refresh()
+        sql = f"SELECT {_COLS} FROM records WHERE stream = ? ORDER BY idx"
+        return [TimelineMoment.of(self._stored(r)) for r in self._reader().execute(sql, (stream,))]
+
+    def summary(self, stream: str) -> StreamSummary | None:
+        """The stream's abstract tier: a running summary of all of it."""
+        check_stream(stream)
+        row = (
+            self._reader()
+            .execute("SELECT value FROM meta WHERE key = ?", (f"summary:{stream}",))
+            .fetchone()
+        )
+        return None if row is None else StreamSummary.from_json(row[0])
+
+    def recent(self, stream: str, n: int = 10) -> list[SnippetRecord]:
+        """The newest `n` stored records of a stream, oldest first."""
+        check_stream(stream)
+        sql = f"SELECT {_COLS} FROM records WHERE stream = ? ORDER BY idx DESC LIMIT ?"
+        rows = self._reader().execute(sql, (stream, max(1, int(n)))).fetchall()
+        return [self._stored(r).record for r in reversed(rows)]
+
+    def next_index(self, stream: str) -> int:
+        """The snippet index after the last one stored (0 for a new stream)."""
+        check_stream(stream)
+        row = (
+            self._reader()
+            .execute("SELECT max(last_idx) FROM records WHERE stream = ?", (stream,))
+            .fetchone()
+        )
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
 
     def streams(self) -> list[dict[str, Any]]:
         """Per stream: stored records, covered span and snippets they stand for."""
@@ -660,6 +658,16 @@ class MemoryStore:
         path = self.keyframes / rec.evidence.keyframe
         return path if path.is_file() else None
 
+    def keyframe(self, stream: str, index: int) -> bytes | None:
+        """The JPEG keyframe of snippet `index` (or of the moment covering it), if stored."""
+        path = self.keyframe_path(stream, index)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
     def count(self, stream: str | None = None) -> int:
         """Stored records, of one stream or of all."""
         conn = self._reader()
@@ -672,7 +680,7 @@ class MemoryStore:
 
     @property
     def generation(self) -> int:
-        """Consolidations seen so far (readers reload what changed when it moves)."""
+        """Plans that removed records so far (readers drop what changed when it moves)."""
         return self._generation
 
     # -- lifetime ------------------------------------------------------------------------

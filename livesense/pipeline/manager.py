@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from livesense.config import Settings
 from livesense.errors import LivesenseError, NotFoundError, QueryError
 from livesense.memory.search import check_stream as check_stream_id
-from livesense.memory.store import MemoryStore
+from livesense.memory.store_base import Store
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
 from livesense.stream.source import MediaSource
@@ -36,7 +36,7 @@ class StreamManager:
     def __init__(
         self,
         settings: Settings,
-        store: MemoryStore,
+        store: Store,
         perception: Perception,
         *,
         max_streams: int = 16,
@@ -95,6 +95,10 @@ class StreamManager:
     def statuses(self) -> list[StreamStatus]:
         return [p.status for p in self.pipelines.values()]
 
-    async def close(self) -> None:
-        for sid in self.running():
-            await self.stop(sid)
+    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Stop every stream at once; each drains and flushes within `timeout` seconds."""
+        if timeout is None:
+            timeout = self.settings.resilience.drain_seconds
+        running = self.running()
+        if running:
+            await asyncio.gather(*(self.stop(sid, timeout=timeout) for sid in running))

@@ -9,6 +9,9 @@ perception cannot keep up with, work is shed in this order:
   3. whole snippets are dropped, oldest first, when the snippet queue is full.
 Voice activity, loudness and keyframes always run.
 Every shed and drop is counted and exported. From files nothing is dropped or shed.
+Faults stay inside the stream: a live source that drops is reopened (a Gap marks the outage),
+a stage that raises is restarted (supervisor.py) and a memory that cannot be written holds
+moments in RAM and retries (persister.py).
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from typing import Any
 
 from livesense.config import Settings
 from livesense.errors import LivesenseError
-from livesense.memory.store import MemoryStore
+from livesense.memory.store_base import Store
 from livesense.pipeline import metrics
 from livesense.pipeline.perception import Perception
+from livesense.pipeline.persister import Persister
 from livesense.pipeline.queues import BoundedQueue, DropPolicy
 from livesense.pipeline.snippeter import Snippeter
-from livesense.records import EndOfStream, Features, Snippet
+from livesense.pipeline.supervisor import StageSupervisor
+from livesense.records import EndOfStream, Features, Gap, Snippet
+from livesense.stream.reconnect import ReconnectingSource
 from livesense.stream.source import MediaSource, open_source
 
 log = logging.getLogger("livesense.pipeline")
@@ -53,6 +59,12 @@ class StreamStatus:
     shed: int = 0
     lag: float = 0.0
     started: float = field(default_factory=time.time)
+    gaps: int = 0  # outages and timestamp jumps (see last_gap)
+    last_gap: tuple[float, float] | None = None
+    reconnects: int = 0
+    stage_failures: int = 0  # perception calls that raised (the stage was restarted)
+    unsaved: int = 0  # moments held in RAM because memory cannot be written
+    persist_error: str | None = None  # why memory cannot be written, while it cannot
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +79,12 @@ class StreamStatus:
             "drops": self.drops,
             "shed": self.shed,
             "lag": round(self.lag, 3),
+            "gaps": self.gaps,
+            "last_gap": None if self.last_gap is None else [round(t, 3) for t in self.last_gap],
+            "reconnects": self.reconnects,
+            "stage_failures": self.stage_failures,
+            "unsaved": self.unsaved,
+            "persist_error": self.persist_error,
         }
 
 
@@ -78,7 +96,7 @@ class StreamPipeline:
         stream: str,
         url: str,
         settings: Settings,
-        store: MemoryStore,
+        store: Store,
         perception: Perception,
         *,
         realtime: bool = False,
@@ -100,6 +118,11 @@ class StreamPipeline:
         }
         self._stopping = False
         self._snippets: BoundedQueue[Any] | None = None
+        self._stages: dict[str, StageSupervisor[Any]] = {}
+        r = settings.resilience
+        self.persister = Persister(
+            store, stream, max_unsaved=r.unsaved_max, retry_max=r.persist_retry_max
+        )
 
     async def run(self) -> StreamStatus:
         """Run to the end of the source. Errors end up in status.error, never as a crash."""
@@ -136,14 +159,28 @@ class StreamPipeline:
         s = self.settings
         self.perception.load()
         if self.source is None:
-            self.source = await asyncio.to_thread(
+            opener = functools.partial(
                 open_source,
                 self.url,
                 realtime=self.realtime,
                 fps=s.snippet.fps,
                 max_side=s.snippet.max_side,
                 queue_size=s.queues.media,
+                limits=s.media,
             )
+            first = await asyncio.to_thread(opener)
+            r = s.resilience
+            if first.live and r.reconnect and not self._stopping:
+                first = ReconnectingSource(
+                    first,
+                    opener,
+                    initial=r.reconnect_initial,
+                    maximum=r.reconnect_max,
+                    attempts=r.reconnect_attempts,
+                )
+            if self._stopping:  # stopped while opening
+                first.close()
+            self.source = first
         source = self.source
         self.status.live = source.live
         self.status.duration = getattr(source, "duration", None)
@@ -155,7 +192,8 @@ class StreamPipeline:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._produce(source, snippets))
             tg.create_task(self._see(snippets, seen))
-            tg.create_task(self._hear_and_store(seen, live=source.live))
+            # A paced file holds speech back no longer than a live source does.
+            tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
 
     async def _produce(self, source: MediaSource, out: BoundedQueue[Any]) -> None:
         snippeter = Snippeter(
@@ -166,21 +204,46 @@ class StreamPipeline:
             wall_anchor=source.wall_anchor,
         )
         reason: str | None = None
+        # A restarted live stream continues after what is stored (a file restarts at 0, and
+        # the snippets already stored are skipped by the store).
+        resume = await asyncio.to_thread(self.store.next_index, self.stream) if source.live else 0
         async for item in source.items():
             if isinstance(item, EndOfStream):
                 reason = item.reason
                 break
+            if isinstance(item, Gap):
+                await self._mark_gap(item)
             if snippeter.wall_anchor is None and source.wall_anchor is not None:
                 snippeter.wall_anchor = source.wall_anchor
             for snip in snippeter.push(item):
+                if resume:
+                    _shift(snip, resume)
                 if await out.put(snip) is not None:
                     metrics.DROPS.labels(self.stream, "snippet").inc()
                 metrics.QUEUE_FILL.labels(self.stream, "snippets").set(len(out))
         for snip in snippeter.flush():
+            if resume:
+                _shift(snip, resume)
             await out.put(snip)
         if reason and not self._stopping:
             self.status.error = reason
         out.put_control(_END)
+
+    async def _mark_gap(self, gap: Gap) -> None:
+        """Count an outage or timestamp jump; memory marks it where the store can."""
+        self.status.gaps += 1
+        self.status.last_gap = (gap.start, gap.end)
+        self.status.reconnects = int(getattr(self.source, "reconnects", 0))
+        mark = getattr(self.store, "mark_gap", None)
+        if callable(mark):
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(
+                    self._pools["store"], mark, self.stream, gap.start, gap.end
+                )
+            except Exception as e:  # a lost marker must not end the stream
+                log.warning("stream %s: the gap %.1f-%.1f s was not marked: %s",
+                            self.stream, gap.start, gap.end, e)
 
     def _lag(self, snip: Snippet) -> float:
         if snip.wall is None:
@@ -189,7 +252,14 @@ class StreamPipeline:
 
     async def _see(self, inp: BoundedQueue[Any], out: BoundedQueue[Any]) -> None:
         loop = asyncio.get_running_loop()
-        vision = self.perception.vision_stage()
+        r = self.settings.resilience
+        vision = StageSupervisor(
+            "vision",
+            self.stream,
+            self.perception.vision_stage,
+            max_restarts=r.stage_restarts,
+            rest=r.stage_rest,
+        )
         seconds = self.settings.snippet.seconds
         while (snip := await inp.get()) is not _END:
             features = Features()
@@ -201,29 +271,65 @@ class StreamPipeline:
                     self.status.shed += 1
                     metrics.DROPS.labels(self.stream, f"shed{shed}").inc()
             t0 = time.perf_counter()
-            work = functools.partial(vision.process, snip, features, shed=shed)
+            work = functools.partial(
+                vision.call,
+                functools.partial(_see_one, snip=snip, features=features, shed=shed),
+                functools.partial(_skip, snip=snip, features=features, what="vision"),
+            )
             await loop.run_in_executor(self._pools["vision"], work)
+            self._count_failures(vision)
             metrics.STAGE_SECONDS.labels("vision").observe(time.perf_counter() - t0)
             await out.put((snip, features, shed))
         out.put_control(_END)
 
     async def _hear_and_store(self, inp: BoundedQueue[Any], *, live: bool) -> None:
         loop = asyncio.get_running_loop()
-        audio = self.perception.audio_stage(live)
+        r = self.settings.resilience
+        audio = StageSupervisor(
+            "audio",
+            self.stream,
+            functools.partial(self.perception.audio_stage, live),
+            max_restarts=r.stage_restarts,
+            rest=r.stage_rest,
+        )
         while True:
             item = await inp.get()
             t0 = time.perf_counter()
             if item is _END:
-                done = await loop.run_in_executor(self._pools["audio"], audio.flush)
+                work = functools.partial(audio.call, _flush_stage, _salvage)
             else:
                 snip, features, shed = item
-                work = functools.partial(audio.push, snip, features, shed=shed)
-                done = await loop.run_in_executor(self._pools["audio"], work)
+                work = functools.partial(
+                    audio.call,
+                    functools.partial(_hear_one, snip=snip, features=features, shed=shed),
+                    functools.partial(_salvage, snip=snip, features=features),
+                )
+            done = await loop.run_in_executor(self._pools["audio"], work)
+            self._count_failures(audio)
             metrics.STAGE_SECONDS.labels("audio").observe(time.perf_counter() - t0)
             if done:
                 await loop.run_in_executor(self._pools["store"], self._store, done)
             if item is _END:
+                await loop.run_in_executor(self._pools["store"], self._flush_unsaved)
                 return
+
+    def _count_failures(self, stage: StageSupervisor[Any]) -> None:
+        self._stages[stage.name] = stage
+        self.status.stage_failures = sum(s.failures for s in self._stages.values())
+
+    def _flush_unsaved(self) -> None:
+        """End of stream: retry what memory could not take, until the drain deadline."""
+        p = self.persister
+        if not p.unsaved:
+            return
+        left = p.flush(time.monotonic() + self.settings.resilience.drain_seconds)
+        self.status.unsaved = left
+        self.status.persist_error = p.error
+        if left:
+            self.status.error = (
+                f"{left} moments of stream {self.stream} could not be written to memory "
+                f"({p.error})."
+            )
 
     def _store(self, done: list[tuple[Snippet, Features]]) -> None:
         t0 = time.perf_counter()
@@ -233,7 +339,9 @@ class StreamPipeline:
         metrics.STAGE_SECONDS.labels("combine").observe(time.perf_counter() - t0)
         for record, f in zip(records, features, strict=True):
             t1 = time.perf_counter()
-            self.store.add(record, f.keyframe)
+            self.persister.add(record, f.keyframe)
+            self.status.unsaved = self.persister.unsaved
+            self.status.persist_error = self.persister.error
             metrics.STAGE_SECONDS.labels("store").observe(time.perf_counter() - t1)
             metrics.SNIPPETS.labels(self.stream).inc()
             self.status.snippets += 1
@@ -252,3 +360,50 @@ class StreamPipeline:
         source = self.source.drops if self.source is not None else 0
         queue = self._snippets.drops if self._snippets is not None else 0
         return int(source + queue)
+
+
+def _see_one(stage: Any, *, snip: Snippet, features: Features, shed: int) -> None:
+    stage.process(snip, features, shed=shed)
+
+
+def _hear_one(
+    stage: Any, *, snip: Snippet, features: Features, shed: int
+) -> list[tuple[Snippet, Features]]:
+    return list(stage.push(snip, features, shed=shed))
+
+
+def _flush_stage(stage: Any) -> list[tuple[Snippet, Features]]:
+    return list(stage.flush())
+
+
+def _skip(stage: Any, *, snip: Snippet, features: Features, what: str) -> None:
+    features.skipped.append(what)
+
+
+def _salvage(
+    stage: Any, *, snip: Snippet | None = None, features: Features | None = None
+) -> list[tuple[Snippet, Features]]:
+    """After the audio stage failed: what it still held, and the snippet it failed on,
+    that one marked as missing its audio perception."""
+    try:
+        out = list(stage.flush())
+    except Exception as e:
+        log.warning("the failed audio stage could not hand back what it held: %s", e)
+        out = []
+    if snip is not None and features is not None:
+        if not any(s is snip for s, _ in out):
+            out.append((snip, features))
+            out.sort(key=lambda pair: pair[0].index)
+        if "audio" not in features.skipped:
+            features.skipped.append("audio")
+    return out
+
+
+def _shift(snip: Snippet, k: int) -> None:
+    """Move a snippet k snippets later on the stream clock (a resumed live stream)."""
+    dt = k * snip.duration
+    snip.index += k
+    snip.start += dt
+    snip.end += dt
+    for frame in snip.frames:
+        frame.t += dt  # snip.wall, the capture time of its start, stays as it is

@@ -22,10 +22,12 @@ import av
 import av.error
 import numpy as np
 
+from livesense.config import MediaLimits
 from livesense.errors import ConfigError, SourceError
 from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap, VideoFrame
 from livesense.stream.clock import StreamClock
 from livesense.stream.handoff import Handoff, Item
+from livesense.stream.media_guard import MediaGuard
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,7 @@ def open_source(
     queue_size: int = 256,
     rtsp_transport: str = "tcp",
     timeout: float = 10.0,
+    limits: MediaLimits | None = None,
 ) -> MediaSource:
     """Open a file, URL or device now; raise SourceError with one sentence if it can't be read.
 
@@ -214,11 +217,15 @@ def open_source(
             format=target.format,
             options=options,
             timeout=None if target.kind == "file" else (timeout, timeout),
+            metadata_errors="replace",  # tags in a broken encoding must not stop the media
         )
     except av.error.FFmpegError as e:
         raise _open_error(target, e, timeout, time.monotonic() - began) from None
     except OSError as e:  # raised by Python's own file handling
         raise SourceError(f"Could not open {target.shown}: {_sentence(str(e))}") from None
+    except (ValueError, OverflowError) as e:  # PyAV refusing what FFmpeg read (a hostile file)
+        reason = _sentence(str(e))
+        raise SourceError(f"{target.shown} could not be read as media: {reason}") from None
     try:
         if container.format.name in NOT_MEDIA_FORMATS:
             raise SourceError(f"{target.shown} is not audio or video (it looks like text).")
@@ -227,6 +234,8 @@ def open_source(
         if video is None and audio is None:
             raise SourceError(f"{target.shown} has no audio or video stream that can be decoded.")
         live = target.live or (target.kind == "network" and container.duration is None)
+        guard = MediaGuard(limits, target.shown, live=live)
+        guard.check_open(container, video, audio)
         return MediaSource(
             url,
             container,
@@ -238,6 +247,7 @@ def open_source(
             max_side=max_side,
             queue_size=queue_size,
             shown=target.shown,
+            guard=guard,
         )
     except BaseException:
         container.close()
@@ -264,6 +274,7 @@ class MediaSource:
         max_side: int,
         queue_size: int,
         shown: str | None = None,
+        guard: MediaGuard | None = None,
     ) -> None:
         self.url = url
         self.shown = shown or url
@@ -288,6 +299,8 @@ class MediaSource:
         self.decode_errors = 0
         self.lag = 0.0  # live: seconds between capture (wall clock) and hand-over, last item
         self.end_reason: str | None = None
+        self.limit_reason: str | None = None  # set when a media limit ended the stream
+        self._guard = guard
 
         self._container = container
         self._video = video
@@ -424,6 +437,11 @@ class MediaSource:
             for packet in self._container.demux(streams):
                 if self._stop.is_set():
                     return None
+                if self._guard is not None:
+                    self.limit_reason = self.limit_reason or self._guard.packet(packet)
+                    if self.limit_reason is not None:
+                        reason = self.limit_reason
+                        break
                 if self._clock.origin is None:
                     kind = "video" if self._is_video(packet) else "audio"
                     pending.append(packet)
@@ -437,6 +455,9 @@ class MediaSource:
                 self._decode_packet(packet)
         except av.error.FFmpegError as e:
             reason = self._read_error(e)
+        except IndexError:  # PyAV cannot follow a track that appears mid-stream
+            at = max((self._clock.expected(k) or 0.0) for k in self._clock.kinds)
+            reason = f"{self.shown} added a track mid-stream; reading stopped at {at:.1f} s."
         self._clock.fix()
         for held in pending:
             self._decode_packet(held)
@@ -445,6 +466,8 @@ class MediaSource:
         self._flush_audio()
         if reason is None and not self.live:
             reason = self._truncation()
+        if reason is None and self.decode_errors and not (self.frames_sampled or self.audio_chunks):
+            reason = f"Nothing in {self.shown} could be decoded: its data is corrupt."
         return reason
 
     def _read_error(self, e: av.error.FFmpegError) -> str:
@@ -474,7 +497,11 @@ class MediaSource:
             return
         except (av.error.InvalidDataError, av.error.UndefinedError):
             self.decode_errors += 1
+            if self._guard is not None:
+                self.limit_reason = self.limit_reason or self._guard.corrupt()
             return
+        if self._guard is not None:
+            self._guard.decoded()
         for frame in frames:
             if self._stop.is_set():
                 return
@@ -504,6 +531,8 @@ class MediaSource:
     def _take_video(self, frame: av.VideoFrame) -> None:
         self.frames_decoded += 1
         assert self._video is not None
+        if self._guard is not None and not self._guard.frame_ok(frame.width, frame.height):
+            return
         duration = StreamClock.seconds(frame.duration, frame.time_base) or 0.0
         if duration <= 0.0 and self._video.average_rate:
             duration = float(1 / self._video.average_rate)
@@ -531,6 +560,10 @@ class MediaSource:
         self._emit(VideoFrame(t, image), t)
 
     def _take_audio(self, frame: av.AudioFrame) -> None:
+        if self._guard is not None and not self._guard.audio_ok(
+            frame.sample_rate, frame.layout.nb_channels
+        ):
+            return
         duration = frame.samples / frame.sample_rate if frame.sample_rate else 0.0
         when = StreamClock.seconds(frame.pts, frame.time_base)
         t, gap = self._clock.stamp("audio", when, duration)
@@ -542,10 +575,17 @@ class MediaSource:
             self._audio_base += t - self._audio_in_next  # a jump: move the sample timeline
         self._audio_in_next = t + duration
         try:
-            out = self._resample(frame)
-        except ValueError:  # the input format changed mid-stream: start a fresh resampler
-            self._flush_audio()
-            out = self._resample(frame)
+            try:
+                out = self._resample(frame)
+            except ValueError:  # the input format changed mid-stream: start a fresh resampler
+                self._flush_audio()
+                out = self._resample(frame)
+        except av.error.FFmpegError:  # audio the resampler cannot take (a lying header)
+            self._resampler = None
+            self.decode_errors += 1
+            if self._guard is not None:
+                self.limit_reason = self.limit_reason or self._guard.corrupt()
+            return
         for piece in out:
             self._emit_audio(piece)
 
@@ -585,6 +625,10 @@ class MediaSource:
         self._emit(gap, None)
 
     def _emit(self, item: Item, t: float | None) -> None:
+        if t is not None and self._guard is not None and self.limit_reason is None:
+            self.limit_reason = self._guard.position(t)
+        if self.limit_reason is not None:  # a media limit ended the stream: nothing more goes out
+            return
         if t is not None:
             if self.realtime and not self.live:
                 now = time.monotonic()

@@ -1,0 +1,181 @@
+"""Store: what every rolling memory offers, and the query code they all share.
+
+Two stores implement it: MemoryStore (one directory: SQLite + FTS5 + keyframe files, the
+embedded default) and RedisStore (Redis, shared by many processes and machines). Both keep
+their streams in tiers (memory.tiers), rank with memory.search.rank, answer with
+memory.answer.compose_answer and push new moments to standing queries (memory.watch); what
+differs is only where records live and how a process sees other processes' writes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from livesense.config import MemorySettings
+from livesense.engines.text import TextEmbedder, shared_text_embedder
+from livesense.errors import QueryError
+from livesense.memory.answer import compose_answer
+from livesense.memory.checks import check_range
+from livesense.memory.consolidate import Stored
+from livesense.memory.search import check_query, check_stream
+from livesense.memory.summary import StreamSummary
+from livesense.memory.tiers import TimelineMoment
+from livesense.records import Answer, Hit, SnippetRecord
+
+if TYPE_CHECKING:
+    from livesense.memory.watch import WatchHub
+
+ASK_HITS = 5
+
+
+class Store(ABC):
+    """The rolling memory of all streams: add moments; search, ask, list, show them."""
+
+    settings: MemorySettings
+    readonly: bool
+    hub: WatchHub | None
+    _embedder: TextEmbedder | None
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = shared_text_embedder()
+        return self._embedder
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
+        """Store one moment (a no-op if its snippet is already stored)."""
+
+    def flush(self, timeout: float | None = 30.0) -> None:  # noqa: B027 (optional hook)
+        """Wait until every moment added so far is stored (writes may be buffered)."""
+
+    @abstractmethod
+    def import_stream(
+        self, stream: str, items: list[Stored], summary: StreamSummary | None = None
+    ) -> None:
+        """Store a stream's records as they are (a stream copied from another store, or built
+        by running StreamTiers elsewhere); the stream must not be stored here yet."""
+
+    @abstractmethod
+    def next_index(self, stream: str) -> int:
+        """The snippet index after the last one stored (0 for a new stream): where a live
+        stream that was restarted continues."""
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        *,
+        stream: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        top_k: int = 5,
+    ) -> list[Hit]:
+        """The moments that best match a query, best first (see memory.search for the score)."""
+        q = check_query(query)
+        if stream is not None:
+            check_stream(stream)
+        check_range(start, end)
+        if not 1 <= int(top_k) <= 1000:
+            raise QueryError(f"top_k must be between 1 and 1000, not {top_k}.")
+        qvec = self.embedder.embed([q])[0]
+        return self._search(qvec, q, stream=stream, start=start, end=end, top_k=int(top_k))
+
+    @abstractmethod
+    def _search(
+        self,
+        qvec: np.ndarray,
+        query: str,
+        *,
+        stream: str | None,
+        start: float | None,
+        end: float | None,
+        top_k: int,
+    ) -> list[Hit]:
+        """Ranked hits for an embedded, checked query."""
+
+    def ask(self, question: str, *, stream: str | None = None) -> Answer:
+        """A short answer composed from the best moments' evidence (no language model)."""
+        q = check_query(question)
+        if stream is not None:
+            check_stream(stream)
+        qvec = self.embedder.embed([q])[0]
+        hits = self._search(qvec, q, stream=stream, start=None, end=None, top_k=ASK_HITS)
+        return compose_answer(
+            q, hits, embedder=self.embedder, qvec=qvec, stream=stream, neighbour=self._neighbour
+        )
+
+    def _neighbour(self, hit: Hit, step: int) -> Hit | None:
+        """The stored moment just before (step -1) or after (+1) a hit, when they touch."""
+        if step < 0:
+            rec = self.get(hit.stream, hit.index - 1) if hit.index > 0 else None
+        else:
+            rec = self._after(hit.stream, hit.index)
+        if rec is None or (step < 0 and rec.end < hit.start - 1e-3):
+            return None
+        if step > 0 and rec.start > hit.end + 1e-3:
+            return None
+        return Hit(rec.stream, rec.start, rec.end, 0.0, rec.evidence, rec.index)
+
+    @abstractmethod
+    def get(self, stream: str, index: int) -> SnippetRecord | None:
+        """The stored record that covers snippet `index` of `stream`, if any."""
+
+    @abstractmethod
+    def _after(self, stream: str, index: int) -> SnippetRecord | None:
+        """The stored record that follows the one starting at snippet `index`."""
+
+    @abstractmethod
+    def streams(self) -> list[dict[str, Any]]:
+        """Per stream: stream, records, start, end (stream seconds) and snippets covered."""
+
+    @abstractmethod
+    def timeline(self, stream: str) -> list[TimelineMoment]:
+        """The stream's stored moments in time order; they tile the stream without overlaps."""
+
+    @abstractmethod
+    def summary(self, stream: str) -> StreamSummary | None:
+        """The stream's abstract tier: a running summary of all of it."""
+
+    @abstractmethod
+    def recent(self, stream: str, n: int = 10) -> list[SnippetRecord]:
+        """The newest `n` stored records of a stream, oldest first."""
+
+    @abstractmethod
+    def keyframe(self, stream: str, index: int) -> bytes | None:
+        """The JPEG keyframe of snippet `index` (or of the moment covering it), if stored."""
+
+    def keyframe_path(self, stream: str, index: int) -> Path | None:
+        """The keyframe as a file, for stores that keep files (None otherwise)."""
+        check_stream(stream)
+        return None
+
+    @abstractmethod
+    def count(self, stream: str | None = None) -> int:
+        """Stored records, of one stream or of all."""
+
+    def refresh(self) -> None:  # noqa: B027 (optional hook)
+        """Pick up what other processes wrote since the last look (cheap when nothing did)."""
+
+    def health(self) -> dict[str, Any]:
+        """The store's own state, for /healthz."""
+        return {"store": type(self).__name__}
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None:
+        """Store what is pending and let go of every resource (idempotent)."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
