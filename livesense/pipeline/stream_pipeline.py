@@ -204,9 +204,11 @@ class StreamPipeline:
             wall_anchor=source.wall_anchor,
         )
         reason: str | None = None
-        # A restarted live stream continues after what is stored (a file restarts at 0, and
-        # the snippets already stored are skipped by the store).
-        resume = await asyncio.to_thread(self.store.next_index, self.stream) if source.live else 0
+        # A restarted live stream whose clock starts again at 0 continues after what is
+        # stored; a source that keeps its own timeline (a WebRTC reconnect) is left as it is,
+        # and a file restarts at 0 (the snippets already stored are skipped by the store).
+        stored = await asyncio.to_thread(self.store.next_index, self.stream) if source.live else 0
+        resume: int | None = None if stored else 0
         async for item in source.items():
             if isinstance(item, EndOfStream):
                 reason = item.reason
@@ -216,12 +218,16 @@ class StreamPipeline:
             if snippeter.wall_anchor is None and source.wall_anchor is not None:
                 snippeter.wall_anchor = source.wall_anchor
             for snip in snippeter.push(item):
+                if resume is None:
+                    resume = max(0, stored - snip.index)
                 if resume:
                     _shift(snip, resume)
                 if await out.put(snip) is not None:
                     metrics.DROPS.labels(self.stream, "snippet").inc()
                 metrics.QUEUE_FILL.labels(self.stream, "snippets").set(len(out))
         for snip in snippeter.flush():
+            if resume is None:
+                resume = max(0, stored - snip.index)
             if resume:
                 _shift(snip, resume)
             await out.put(snip)
