@@ -292,3 +292,18 @@ def test_merged_text_keeps_every_word_past_its_limits() -> None:
     said = summarise_transcripts(["Mind the gap. Mind the gap.", "The train is late. Mind it."])
     assert said == "Mind the gap. The train is late. Mind it."
     assert len(summarise_transcripts([f"Sentence {i} is here." for i in range(100)], 120)) <= 120
+
+
+def test_reader_handles_of_finished_threads_are_freed(sample_memory: Path) -> None:
+    """API worker threads come and go; their read connections must not pile up."""
+    store = MemoryStore(sample_memory, readonly=True)
+    try:
+        store.search("Rome")
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(40):
+            t = threading.Thread(target=store.search, args=("Rome",))
+            t.start()
+            t.join()
+        assert len(os.listdir("/proc/self/fd")) - before < 10  # was +80 (2 per thread)
+    finally:
+        store.close()

@@ -161,7 +161,8 @@ class MemoryStore(Store):
         self._embedder = embedder
         self._index = VectorIndex(DIM)
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        # read connections by the thread that owns them; those of finished threads are closed
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one add at a time
         self._refresh_lock = threading.Lock()
@@ -239,7 +240,15 @@ class MemoryStore(Store):
             conn = self._connect(readonly=True)
             self._local.conn = conn
             with self._conns_lock:
-                self._conns.append(conn)
+                alive = []
+                for thread, old in self._conns:
+                    if thread.is_alive():
+                        alive.append((thread, old))
+                    else:  # a finished worker thread (FastAPI recycles them): free its handles
+                        with contextlib.suppress(sqlite3.Error):
+                            old.close()
+                alive.append((threading.current_thread(), conn))
+                self._conns = alive
         return conn
 
     @contextlib.contextmanager
@@ -699,7 +708,7 @@ class MemoryStore(Store):
             self._closed = True
             with self._conns_lock:
                 conns, self._conns = self._conns, []
-            for conn in conns:
+            for _, conn in conns:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             if self._writer is not None:
