@@ -7,18 +7,16 @@ with the capture clock (seconds since the first frame) and anchored to wall time
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import cv2
 import numpy as np
 
 from livesense.errors import SourceError
-from livesense.records import AudioChunk, EndOfStream, Gap, VideoFrame
+from livesense.records import EndOfStream, VideoFrame
 from livesense.stream.handoff import Handoff
 from livesense.stream.source import MediaSource, _frame_size
 
@@ -73,34 +71,8 @@ class CaptureSource(MediaSource):
     def __repr__(self) -> str:
         return f"CaptureSource({self.shown!r})"
 
-    async def items(self) -> AsyncIterator[VideoFrame | AudioChunk | Gap | EndOfStream]:
-        if self._started:
-            raise SourceError(f"The source {self.shown} is already being read.")
-        self._started = True
-        handoff = Handoff(self.queue_size, asyncio.get_running_loop(), "drop_oldest_video")
-        self._handoff = handoff
-        self._thread = threading.Thread(target=self._run, name=f"capture {self.shown}", daemon=True)
-        self._thread.start()
-        try:
-            while True:
-                item = await handoff.get()
-                if isinstance(item, VideoFrame) and self.wall_anchor is not None:
-                    self.lag = time.time() - (self.wall_anchor + item.t)
-                yield item
-                if isinstance(item, EndOfStream):
-                    return
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        if self._handoff is not None:
-            self._handoff.close()
-        if self._thread is None:
-            self._cap.release()
+    def _free(self) -> None:
+        self._cap.release()
 
     def _run(self) -> None:
         reason: str | None = None

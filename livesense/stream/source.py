@@ -409,7 +409,11 @@ class MediaSource:
         if self._handoff is not None:
             self._handoff.close()
         if self._thread is None:
-            self._container.close()
+            self._free()
+
+    def _free(self) -> None:
+        """Free what was opened (the decode thread does it when it ran)."""
+        self._container.close()
 
     # ---- decode thread -------------------------------------------------------------------
 
