@@ -27,7 +27,16 @@ class PerceptionSettings(BaseModel):
     )
     asr_threads: int = 2
     asr_max_utterance: float = Field(
-        6.0, description="Live sources: longest speech held back before it is transcribed (s)."
+        6.0,
+        description="Live sources: longest stretch of speech left uncommitted (s); past it the "
+        "utterance is cut at its quietest point and transcribed whole.",
+    )
+    asr_live_window: float = Field(
+        10.0,
+        ge=0.0,
+        le=30.0,
+        description="Live sources: seconds of audio Whisper's encoder reads per call (its own "
+        "window is 30 s; 10 s costs about a sixth as much). 0 or 30: the full window.",
     )
     vad_threshold: float = 0.5
     events: bool = True
@@ -217,7 +226,9 @@ class MediaLimits(BaseModel):
     max_sample_rate: int = Field(384_000, ge=1, description="Highest audio sample rate (Hz).")
     max_channels: int = Field(64, ge=1, description="Most audio channels accepted.")
     max_duration: float = Field(
-        7 * 24 * 3600.0, gt=0.0, description="Longest file accepted (s); live sources: no limit."
+        7 * 24 * 3600.0,
+        gt=0.0,
+        description="Longest file or WHIP session accepted (s); other live sources: no limit.",
     )
     max_bitrate: float = Field(
         200e6, gt=0.0, description="Highest stated or measured bitrate (bit/s)."

@@ -40,10 +40,11 @@ class EndOfStream:
 
 @dataclass(slots=True)
 class Gap:
-    """Media is missing between `start` and `end` (a PTS jump or a reconnect)."""
+    """Media is missing between `start` and `end` (a PTS jump or a reconnect), and why."""
 
     start: float
     end: float
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -59,6 +60,7 @@ class Snippet:
     audio: np.ndarray | None = None  # exactly (end - start) * AUDIO_RATE samples
     missing: set[str] = field(default_factory=set)  # subset of {"audio", "video"}
     gap: bool = False  # the window lies (partly) in a gap
+    last: bool = False  # the stream's final snippet: its source has ended
 
     @property
     def duration(self) -> float:

@@ -20,12 +20,15 @@ import httpx
 import pytest
 
 from livesense.config import PerceptionSettings, Settings, load_settings
+from livesense.memory.redis_store import RedisStore
 from livesense.memory.store import MemoryStore
+from livesense.memory.store_base import Store
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
 from livesense.pipeline.supervisor import StageSupervisor
 from livesense.stream.reconnect import ReconnectingSource
 from tests.media import RtspServer, make_clip
+from tests.redis_server import redis_server
 from tests.test_auth import free_port
 
 LIGHT = PerceptionSettings(asr=False, ocr=False, faces=False, events=False)
@@ -55,12 +58,25 @@ def settings_for(memory: Path, **resilience: Any) -> Settings:
     return s
 
 
+@pytest.fixture(params=["embedded", "redis"])
+def redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """None: the embedded memory; else the URL of a fresh real redis-server."""
+    if request.param == "embedded":
+        yield None
+    else:
+        yield from (server.url for server in redis_server(tmp_path / "redis"))
+
+
 async def test_a_dropped_rtsp_source_reconnects_with_backoff_and_marks_the_gap(
-    tmp_path: Path, perception: Perception
+    tmp_path: Path, perception: Perception, redis_url: str | None
 ) -> None:
     clip = make_clip(tmp_path / "live.mp4", 3.0)
     settings = settings_for(tmp_path / "m", reconnect_initial=0.2, reconnect_attempts=3)
-    store = MemoryStore(settings.memory, settings.store)
+    store: Store
+    if redis_url is not None:
+        store = RedisStore(redis_url, settings.store)
+    else:
+        store = MemoryStore(settings.memory, settings.store)
     server = RtspServer(clip).__enter__()
     try:
         pipeline = StreamPipeline("cam", server.url, settings, store, perception)
@@ -85,13 +101,25 @@ async def test_a_dropped_rtsp_source_reconnects_with_backoff_and_marks_the_gap(
     moments = [(h.start, h.end) for h in store.search("frame", stream="cam", top_k=50)]
     assert any(end <= gap_start + 2.0 for _, end in moments)
     assert any(start >= gap_end - 2.0 for start, _ in moments)
+    # memory keeps the gap: the timeline shows it, with its reason, among the stored moments
+    timeline = store.timeline("cam")
+    assert all(a.end == b.start for a, b in zip(timeline, timeline[1:], strict=False))
+    marks = [m for m in timeline if m.tier == "gap"]
+    assert len(marks) == 1 and "reconnected after 1 attempt" in marks[0].summary, timeline
+    assert marks[0].start <= round(gap_start, 3) and marks[0].end >= round(gap_end, 3)
+    assert any(m.tier != "gap" and m.end <= marks[0].start for m in timeline)
+    assert any(m.tier != "gap" and m.start >= marks[0].end for m in timeline)
+    assert [(g.start, g.end) for g in store.gaps("cam")] == [
+        (round(gap_start, 3), round(gap_end, 3))
+    ]
     # then the server is gone: three tries, waits doubling, and a clear end
     assert status.state == "done" and status.error and "after 3 attempts" in status.error
     tries = list(source.attempt_times)[-3:]
     waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
     assert len(waits) == 2 and waits[1] > 1.5 * waits[0] and waits[0] >= 0.3
     store.close()
-    survived("rtsp source dropped (reconnected)", status.reconnects)
+    kind = "embedded" if redis_url is None else "redis"
+    survived(f"rtsp source dropped (reconnected, gap marked in {kind} memory)", status.reconnects)
     survived("rtsp reconnect refused (gave up cleanly)", 3)
 
 

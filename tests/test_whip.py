@@ -398,6 +398,10 @@ async def test_faults_do_not_stall_others_and_a_reconnect_continues(tmp_path: Pa
     assert before and after, starts
     # The second session starts at least the silent + reconnect time later on the same clock.
     assert after[0] - before[-1] >= 2.0
+    # ... and the hole between them is a stored gap marker, served with the timeline.
+    (gap,) = moments["gaps"]
+    assert before[-1] < gap["start"] < gap["end"] <= after[0] + 2.0, (gap, starts)
+    assert "reconnected" in gap["reason"]
     anchors = {round(m["wall"] - m["start"], 2) for m in moments["moments"]}
     assert len(anchors) == 1
 

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livesense import __version__
 from livesense.api.auth import Authenticator, AuthError, Principal
-from livesense.api.limits import RequestLimits
+from livesense.api.limits import RequestLimits, rate_limiter_for
 from livesense.api.tokens import Scope, TokenStore
 from livesense.api.whip import whip_router
 from livesense.config import SecuritySettings
@@ -93,7 +93,8 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="livesense", version=__version__, lifespan=lifespan)
     app.state.services = services
     security = services.security or SecuritySettings()
-    authn = Authenticator(services.token, services.tokens, security)
+    limiter = rate_limiter_for(services.store, security)  # shared through Redis if there
+    authn = Authenticator(services.token, services.tokens, security, limiter=limiter)
     app.state.auth = authn
     app.add_middleware(RequestLimits, settings=security)
 

@@ -111,16 +111,20 @@ class RateLimiter:
             tokens = min(self.burst, tokens + (now - last) * self.rate)
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
-                self.limited += 1
-                wait = (1.0 - tokens) / self.rate
-                raise RateLimited(
-                    f"Too many {what}: this token may send {self.rate * 60:g} a minute; "
-                    f"try again in {max(1, math.ceil(wait))} s.",
-                    wait,
-                )
+                raise self.refused(what, tokens)
             self._buckets[key] = (tokens - 1.0, now)
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
+
+    def refused(self, what: str, tokens: float) -> RateLimited:
+        """The 429 for a bucket holding `tokens` (< 1), counted."""
+        self.limited += 1
+        wait = (1.0 - tokens) / self.rate
+        return RateLimited(
+            f"Too many {what}: this token may send {self.rate * 60:g} a minute; "
+            f"try again in {max(1, math.ceil(wait))} s.",
+            wait,
+        )
 
 
 def read_token_file(path: Path) -> str:
@@ -143,11 +147,13 @@ class Authenticator:
         admin_token: str | None,
         tokens: TokenStore | None = None,
         settings: SecuritySettings | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         s = settings or SecuritySettings()
         self.admin_token = admin_token
         self.tokens = tokens
-        self.limiter = RateLimiter(s.rate_per_minute, s.rate_burst, s.rate_keys)
+        # per process, or shared by every API process through Redis (api.limits)
+        self.limiter = limiter or RateLimiter(s.rate_per_minute, s.rate_burst, s.rate_keys)
         self.denied = 0  # requests answered 401/403
 
     @property

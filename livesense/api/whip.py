@@ -297,6 +297,7 @@ def whip_router(services: Services) -> WhipRouter:
             ice_servers=hub.webrtc.ice_servers,
             idle_timeout=hub.webrtc.idle_timeout,
             sync_wait=hub.webrtc.sync_wait,
+            limits=s.media,
         )
         try:
             answer = await source.accept(offer)
@@ -382,7 +383,8 @@ def whip_router(services: Services) -> WhipRouter:
         request: Request,
         limit: Annotated[int, Query(ge=1, le=200)] = 30,
     ) -> Response:
-        """The newest stored moments of a stream, newest first, with keyframe URLs."""
+        """The newest stored moments of a stream, newest first, with keyframe URLs, and the gaps
+        (no media: the source dropped or its clock jumped) among them."""
         if (denied := _denied(request, services, Scope.READ, stream)) is not None:
             return denied
         try:
@@ -406,11 +408,18 @@ def whip_router(services: Services) -> WhipRouter:
                     "evidence": evidence,
                 }
             )
+        oldest = min((r.start for r in records), default=0.0)
+        gaps = [
+            {"start": g.start, "end": g.end, "reason": g.reason}
+            for g in services.store.gaps(stream)
+            if g.end >= oldest
+        ][-limit:]
         live = hub.by_stream(stream)
         return JSONResponse(
             {
                 "stream": stream,
                 "moments": moments,
+                "gaps": gaps,
                 "publisher": None
                 if live is None
                 else {"session": live.id, "since": live.started, "clocks": live.source.clocks()},

@@ -37,13 +37,16 @@ from livesense.memory.store_base import Store
 from livesense.memory.summary import StreamSummary
 from livesense.memory.text_tables import TEXT_TABLES, index_text, text_columns, unindex_text
 from livesense.memory.tiers import (
+    GAPS_KEPT,
     Drop,
+    GapMark,
     Put,
     Retier,
     StreamTiers,
     TierBudget,
     TierPlan,
     TimelineMoment,
+    with_gaps,
 )
 from livesense.records import Evidence, Hit, OcrLine, SnippetRecord, Word
 
@@ -86,6 +89,13 @@ CREATE TABLE IF NOT EXISTS records(
 CREATE INDEX IF NOT EXISTS records_time ON records(stream, start_t);
 {TEXT_TABLES}
 CREATE TABLE IF NOT EXISTS removed(gen INTEGER NOT NULL, id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gaps(
+    stream TEXT NOT NULL,
+    start_t REAL NOT NULL,
+    end_t REAL NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY(stream, start_t, end_t)
+);
 CREATE INDEX IF NOT EXISTS removed_gen ON removed(gen);
 INSERT OR IGNORE INTO meta(key, value)
     VALUES ('schema', '{SCHEMA_VERSION}'), ('generation', '0'), ('pruned_below', '0');
@@ -408,6 +418,40 @@ class MemoryStore(Store):
             self._apply(conn, plan)
             self._tiers.pop(stream, None)  # loaded again from what was committed
 
+    def _mark_gap(self, stream: str, mark: GapMark) -> None:
+        """Store a gap marker in its own table (the same gap again is ignored); the oldest
+        leave beyond GAPS_KEPT per stream."""
+        with self._write_lock:
+            if self._writer is None:
+                closed = "has been closed" if self._closed else "is open read-only"
+                raise LivesenseError(f"This memory {closed}; it cannot be written.")
+            with self._transaction() as c:
+                added = c.execute(
+                    "INSERT OR IGNORE INTO gaps(stream, start_t, end_t, reason) "
+                    "VALUES (?, ?, ?, ?)",
+                    (stream, mark.start, mark.end, mark.reason),
+                ).rowcount
+                if added:
+                    c.execute(
+                        "DELETE FROM gaps WHERE stream = ? AND rowid NOT IN (SELECT rowid FROM "
+                        "gaps WHERE stream = ? ORDER BY start_t DESC, end_t DESC LIMIT ?)",
+                        (stream, stream, GAPS_KEPT),
+                    )
+
+    def gaps(self, stream: str) -> list[GapMark]:
+        """The stream's gap markers in time order."""
+        check_stream(stream)
+        try:
+            rows = self._reader().execute(
+                "SELECT start_t, end_t, reason FROM gaps WHERE stream = ? ORDER BY start_t, end_t",
+                (stream,),
+            )
+            return [GapMark(float(a), float(b), str(r)) for a, b, r in rows]
+        except sqlite3.OperationalError as e:  # a memory written before gaps were kept
+            if "no such table" in str(e):
+                return []
+            raise
+
     def _tiers_of(self, conn: sqlite3.Connection, stream: str) -> StreamTiers:
         """The stream's tiers, loaded from the database on first use."""
         tiers = self._tiers.get(stream)
@@ -615,7 +659,8 @@ class MemoryStore(Store):
         check_stream(stream)
         self.refresh()
         sql = f"SELECT {_COLS} FROM records WHERE stream = ? ORDER BY idx"
-        return [TimelineMoment.of(self._stored(r)) for r in self._reader().execute(sql, (stream,))]
+        rows = self._reader().execute(sql, (stream,))
+        return with_gaps([TimelineMoment.of(self._stored(r)) for r in rows], self.gaps(stream))
 
     def summary(self, stream: str) -> StreamSummary | None:
         """The stream's abstract tier: a running summary of all of it."""

@@ -23,7 +23,7 @@ from livesense.memory.checks import check_range
 from livesense.memory.consolidate import Stored
 from livesense.memory.search import check_query, check_stream
 from livesense.memory.summary import StreamSummary
-from livesense.memory.tiers import TimelineMoment
+from livesense.memory.tiers import GapMark, TimelineMoment
 from livesense.records import Answer, Hit, SnippetRecord
 
 if TYPE_CHECKING:
@@ -62,6 +62,25 @@ class Store(ABC):
         """Store a stream's records as they are (a stream copied from another store, or built
         by running StreamTiers elsewhere); the stream must not be stored here yet."""
 
+    def mark_gap(self, stream: str, start: float, end: float, reason: str) -> None:
+        """Remember that the stream had no media from `start` to `end` (stream seconds) and
+        why: the timeline shows it as a moment of tier `gap`; search never returns it.
+        Marking the same gap again changes nothing; the newest GAPS_KEPT per stream stay."""
+        check_stream(stream)
+        try:
+            mark = GapMark.checked(start, end, reason)
+        except ValueError as e:
+            raise QueryError(str(e)) from None
+        self._mark_gap(stream, mark)
+
+    @abstractmethod
+    def _mark_gap(self, stream: str, mark: GapMark) -> None:
+        """Store a checked gap marker (idempotent)."""
+
+    @abstractmethod
+    def gaps(self, stream: str) -> list[GapMark]:
+        """The stream's gap markers in time order."""
+
     @abstractmethod
     def next_index(self, stream: str) -> int:
         """The snippet index after the last one stored (0 for a new stream): where a live
@@ -85,7 +104,7 @@ class Store(ABC):
         check_range(start, end)
         if not 1 <= int(top_k) <= 1000:
             raise QueryError(f"top_k must be between 1 and 1000, not {top_k}.")
-        qvec = self.embedder.embed([q])[0]
+        qvec = self.embedder.embed_query(q)
         return self._search(qvec, q, stream=stream, start=start, end=end, top_k=int(top_k))
 
     @abstractmethod
@@ -106,7 +125,7 @@ class Store(ABC):
         q = check_query(question)
         if stream is not None:
             check_stream(stream)
-        qvec = self.embedder.embed([q])[0]
+        qvec = self.embedder.embed_query(q)
         hits = self._search(qvec, q, stream=stream, start=None, end=None, top_k=ASK_HITS)
         return compose_answer(
             q, hits, embedder=self.embedder, qvec=qvec, stream=stream, neighbour=self._neighbour
@@ -138,7 +157,8 @@ class Store(ABC):
 
     @abstractmethod
     def timeline(self, stream: str) -> list[TimelineMoment]:
-        """The stream's stored moments in time order; they tile the stream without overlaps."""
+        """The stream's stored moments and gap markers (memory.tiers.with_gaps) in time
+        order; they tile the stream without overlaps."""
 
     @abstractmethod
     def summary(self, stream: str) -> StreamSummary | None:

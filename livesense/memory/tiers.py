@@ -31,7 +31,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,8 @@ from livesense.records import Evidence, SnippetRecord
 
 RECENT, KEY, CONSOLIDATED = "recent", "key", "consolidated"
 TIERS = (RECENT, KEY, CONSOLIDATED)
+GAP = "gap"  # the timeline's tier for media that never came (not a tier of records)
+GAPS_KEPT = 1000  # gap markers kept per stream, the oldest leaving first
 
 QUERIED_BONUS = 2.0  # salience a moment gains by being returned by a query
 MIN_TEXT = 200  # characters of searchable text a merged record keeps at least
@@ -152,6 +154,83 @@ class TimelineMoment:
             "tier": self.tier,
             "summary": self.summary,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class GapMark:
+    """Stream time with no media (the source dropped, or its timestamps jumped), and why."""
+
+    start: float
+    end: float
+    reason: str
+
+    @classmethod
+    def checked(cls, start: float, end: float, reason: str) -> GapMark:
+        """A marker with its times rounded to the millisecond (so the same gap marked twice
+        is one marker) and a one-line reason."""
+        s, e = float(start), float(end)
+        if not (math.isfinite(s) and math.isfinite(e)) or s < 0.0 or e < s:
+            raise ValueError(f"A gap needs 0 <= start <= end, not {start}..{end}.")
+        why = " ".join(str(reason).split())[:300] or "media was missing"
+        return cls(round(s, 3), round(e, 3), why)
+
+
+def with_gaps(moments: list[TimelineMoment], gaps: Iterable[GapMark]) -> list[TimelineMoment]:
+    """The timeline with its gap markers: each gap is one moment of tier `gap` (overlapping
+    markers joined) that also fills the hole around it where no moment was stored; a stored
+    moment that a gap cuts into keeps the part outside the gap, so moments still follow one
+    another in time without overlapping."""
+    merged: list[list[Any]] = []  # [start, end, reasons]
+    for g in sorted(gaps, key=lambda g: (g.start, g.end)):
+        if merged and g.start <= merged[-1][1]:
+            last = merged[-1]
+            last[1] = max(last[1], g.end)
+            if g.reason not in last[2]:
+                last[2].append(g.reason)
+        else:
+            merged.append([g.start, g.end, [g.reason]])
+    if not merged:
+        return moments
+    starts = [m.start for m in moments]
+    holes: list[list[Any]] = []
+    for first, ge, why in merged:  # a stored moment wholly inside a gap stays whole: the
+        gs = first  # gap goes round it
+        i = bisect.bisect_left(starts, gs)
+        while i < len(moments) and moments[i].start < ge:
+            m = moments[i]
+            if m.end <= ge and m.start < m.end:
+                if m.start > gs:
+                    holes.append([gs, m.start, why])
+                gs = m.end
+            i += 1
+        if ge > gs or first == ge:
+            holes.append([gs, ge, why])
+    ends = [ge for _, ge, _ in holes]
+    pieces: list[TimelineMoment] = []
+    for m in moments:
+        start = m.start
+        j = bisect.bisect_right(ends, start)
+        while j < len(holes) and holes[j][0] < m.end:
+            gs, ge, _ = holes[j]
+            if gs > start:
+                pieces.append(replace(m, start=start, end=gs))
+            start = max(start, ge)
+            j += 1
+        if start < m.end:
+            pieces.append(replace(m, start=start))
+    merged = holes
+    marks = [
+        TimelineMoment(gs, ge, GAP, "gap: " + "; ".join(why), index=-1, count=0)
+        for gs, ge, why in merged
+    ]
+    out = sorted([*pieces, *marks], key=lambda m: (m.start, m.end, m.tier != GAP))
+    for i, m in enumerate(out):  # a gap fills the hole next to it
+        if m.tier != GAP:
+            continue
+        start = out[i - 1].end if i > 0 and out[i - 1].end < m.start else m.start
+        end = out[i + 1].start if i + 1 < len(out) and out[i + 1].start > m.end else m.end
+        out[i] = replace(m, start=start, end=end)
+    return out
 
 
 # -- salience and text -----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """One stream's path: source -> snippeter -> vision -> audio -> Combiner -> memory.
 
-Each stage runs in its own worker thread (models release the GIL), so vision of snippet n+1
-overlaps audio of snippet n. Stages are joined by bounded queues. On a live source that
+Each stage runs in its own worker thread (models release the GIL): vision and audio of a
+snippet run at the same time, and a snippet is stored once both are done with it. Stages are
+joined by bounded queues. On a live source that
 perception cannot keep up with, work is shed in this order:
   1. OCR and audio event tagging are skipped (lag above one snippet);
   2. faces and the CLIP slot are skipped, one sampled frame is used, and speech regions that
@@ -209,34 +210,52 @@ class StreamPipeline:
         # and a file restarts at 0 (the snippets already stored are skipped by the store).
         stored = await asyncio.to_thread(self.store.next_index, self.stream) if source.live else 0
         resume: int | None = None if stored else 0
+        early: list[Gap] = []  # gaps seen before the first snippet fixed `resume`
         async for item in source.items():
             if isinstance(item, EndOfStream):
                 reason = item.reason
                 break
-            if isinstance(item, Gap):
-                await self._mark_gap(item)
+            if isinstance(item, Gap):  # on memory's clock, like the snippets (see _shift)
+                if resume is None:  # the shift is known with the first snippet
+                    early.append(item)
+                else:
+                    await self._mark_gap(item, resume)
             if snippeter.wall_anchor is None and source.wall_anchor is not None:
                 snippeter.wall_anchor = source.wall_anchor
             for snip in snippeter.push(item):
                 if resume is None:
                     resume = max(0, stored - snip.index)
+                    for gap in early:
+                        await self._mark_gap(gap, resume)
+                    early.clear()
                 if resume:
                     _shift(snip, resume)
                 if await out.put(snip) is not None:
                     metrics.DROPS.labels(self.stream, "snippet").inc()
                 metrics.QUEUE_FILL.labels(self.stream, "snippets").set(len(out))
-        for snip in snippeter.flush():
+        tail = snippeter.flush()
+        if tail:
+            tail[-1].last = True
+        for snip in tail:
             if resume is None:
                 resume = max(0, stored - snip.index)
+                for gap in early:
+                    await self._mark_gap(gap, resume)
+                early.clear()
             if resume:
                 _shift(snip, resume)
             await out.put(snip)
+        for gap in early:  # no snippet came after them: their times stand as they are
+            await self._mark_gap(gap)
         if reason and not self._stopping:
             self.status.error = reason
         out.put_control(_END)
 
-    async def _mark_gap(self, gap: Gap) -> None:
+    async def _mark_gap(self, gap: Gap, shift: int = 0) -> None:
         """Count an outage or timestamp jump; memory marks it where the store can."""
+        if shift:
+            dt = shift * self.settings.snippet.seconds
+            gap = Gap(gap.start + dt, gap.end + dt, gap.reason)
         self.status.gaps += 1
         self.status.last_gap = (gap.start, gap.end)
         self.status.reconnects = int(getattr(self.source, "reconnects", 0))
@@ -244,8 +263,9 @@ class StreamPipeline:
         if callable(mark):
             loop = asyncio.get_running_loop()
             try:
+                reason = gap.reason or "media was missing"
                 await loop.run_in_executor(
-                    self._pools["store"], mark, self.stream, gap.start, gap.end
+                    self._pools["store"], mark, self.stream, gap.start, gap.end, reason
                 )
             except Exception as e:  # a lost marker must not end the stream
                 log.warning("stream %s: the gap %.1f-%.1f s was not marked: %s",
@@ -282,10 +302,13 @@ class StreamPipeline:
                 functools.partial(_see_one, snip=snip, features=features, shed=shed),
                 functools.partial(_skip, snip=snip, features=features, what="vision"),
             )
-            await loop.run_in_executor(self._pools["vision"], work)
+            seen = loop.run_in_executor(self._pools["vision"], work)
+            # The audio stage takes the snippet now and runs while vision does (they fill
+            # different fields): a snippet's latency is the slower of the two, not their sum.
+            await out.put((snip, features, shed, seen))
+            await seen
             self._count_failures(vision)
             metrics.STAGE_SECONDS.labels("vision").observe(time.perf_counter() - t0)
-            await out.put((snip, features, shed))
         out.put_control(_END)
 
     async def _hear_and_store(self, inp: BoundedQueue[Any], *, live: bool) -> None:
@@ -298,13 +321,15 @@ class StreamPipeline:
             max_restarts=r.stage_restarts,
             rest=r.stage_rest,
         )
+        vision: dict[int, asyncio.Future[Any]] = {}  # id(snippet) -> its vision work
         while True:
             item = await inp.get()
             t0 = time.perf_counter()
             if item is _END:
                 work = functools.partial(audio.call, _flush_stage, _salvage)
             else:
-                snip, features, shed = item
+                snip, features, shed, seen = item
+                vision[id(snip)] = seen
                 work = functools.partial(
                     audio.call,
                     functools.partial(_hear_one, snip=snip, features=features, shed=shed),
@@ -313,6 +338,9 @@ class StreamPipeline:
             done = await loop.run_in_executor(self._pools["audio"], work)
             self._count_failures(audio)
             metrics.STAGE_SECONDS.labels("audio").observe(time.perf_counter() - t0)
+            for s, _ in done:  # stored once its vision is done too
+                if (seen := vision.pop(id(s), None)) is not None:
+                    await seen
             if done:
                 await loop.run_in_executor(self._pools["store"], self._store, done)
             if item is _END:

@@ -99,7 +99,7 @@ class StreamClock:
         if expected is not None:
             if t > expected + self.gap:
                 if kind == self.lead:
-                    found = Gap(expected, t)
+                    found = Gap(expected, t, f"the timestamps jumped ahead {t - expected:.1f} s")
             elif t < expected - self.gap:
                 self._offset[kind] += expected - t
                 t = expected

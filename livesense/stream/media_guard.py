@@ -1,5 +1,8 @@
 """Holds a source to the media limits: refuse at open what is out of bounds, end with a reason
 what turns hostile while decoding (bitrate, duration, runs of corrupt packets), skip odd frames.
+WebRTC publishers have no container to check at open: each decoded frame, audio frame and RTP
+packet is checked as it comes (live_frame, live_audio, published, received), and the first one
+beyond the limits ends the session with its reason.
 """
 
 from __future__ import annotations
@@ -94,12 +97,15 @@ class MediaGuard:
                     f"{self.shown} changed to {w}x{h} video, beyond the limit of "
                     f"{lim.max_width}x{lim.max_height} and {lim.max_pixels} pixels (media.max_*)."
                 )
-        size = int(packet.size or 0)
         pts = packet.pts if packet.pts is not None else packet.dts
-        if pts is None or packet.time_base is None:
+        t = None if pts is None or packet.time_base is None else float(pts * packet.time_base)
+        return self.received(int(packet.size or 0), t)
+
+    def received(self, size: int, t: float | None) -> str | None:
+        """Count `size` bytes of media at time `t` (s, on any one clock) toward the bitrate."""
+        if t is None:
             self._window_bytes += size
             return None
-        t = float(pts * packet.time_base)
         start = self._window_start
         if start is None or t < start or t > start + 4 * BITRATE_WINDOW:
             # first packet, or timestamps went back or jumped ahead: measure afresh
@@ -138,6 +144,42 @@ class MediaGuard:
         return (
             f"{self.shown} ran past {self.limits.max_duration:.0f} s, the longest accepted "
             "(media.max_duration); reading stopped there."
+        )
+
+    def live_frame(self, width: int, height: int) -> str | None:
+        """A decoded frame of a live publisher: a reason to end it when beyond the size limits
+        (checked per frame: the size may change mid-stream)."""
+        if not self._too_big(width, height):
+            return None
+        lim = self.limits
+        return (
+            f"{self.shown} sent {width}x{height} video, beyond the limit of {lim.max_width}x"
+            f"{lim.max_height} and {lim.max_pixels} pixels (media.max_*)."
+        )
+
+    def live_audio(self, rate: int, channels: int) -> str | None:
+        """Decoded audio of a live publisher: a reason to end it when beyond the limits."""
+        lim = self.limits
+        if not lim.min_sample_rate <= rate <= lim.max_sample_rate:
+            return (
+                f"{self.shown} sent audio at {rate} Hz, outside {lim.min_sample_rate}.."
+                f"{lim.max_sample_rate} Hz (media.min/max_sample_rate)."
+            )
+        if channels > lim.max_channels:
+            return (
+                f"{self.shown} sent {channels} audio channels, more than the {lim.max_channels} "
+                "accepted (media.max_channels)."
+            )
+        return None
+
+    def published(self, seconds: float) -> str | None:
+        """Media time of one publisher session so far (its own clock, so timestamps jumping
+        hours ahead count too): a reason to end it past media.max_duration."""
+        if seconds <= self.limits.max_duration:
+            return None
+        return (
+            f"{self.shown} published {seconds:.0f} s of media in one session, more than the "
+            f"{self.limits.max_duration:.0f} s accepted (media.max_duration)."
         )
 
     def frame_ok(self, width: int, height: int) -> bool:

@@ -35,6 +35,12 @@ class Outage:
     reason: str | None
     attempts: int = 0
 
+    def describe(self) -> str:
+        """Why media is missing, for the gap marker in memory."""
+        why = (self.reason or "the stream ended").rstrip(".")
+        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        return f"the source dropped ({why}) and was reconnected after {tries}"
+
 
 class ReconnectingSource(MediaSource):
     """Wraps an open live source and `opener`, which opens the same URL again when it drops."""
@@ -133,13 +139,13 @@ class ReconnectingSource(MediaSource):
                         offset = self._resume_offset(source, reached, outage)
                         outage.end = offset
                         self.gaps += 1
-                        yield Gap(outage.start, offset)
+                        yield Gap(outage.start, offset, outage.describe())
                         reached = offset
                         outage = None
                     if self.wall_anchor is None and source.wall_anchor is not None:
                         self.wall_anchor = source.wall_anchor
                     if isinstance(item, Gap):
-                        item = Gap(item.start + offset, item.end + offset)
+                        item = Gap(item.start + offset, item.end + offset, item.reason)
                         self.gaps += 1
                     else:
                         item.t += offset

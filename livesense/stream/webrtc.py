@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
+from livesense.config import MediaLimits
 from livesense.errors import SourceError, missing_package
 from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap, VideoFrame
 from livesense.stream.handoff import Handoff, Item
+from livesense.stream.media_guard import MediaGuard
 from livesense.stream.source import MediaSource, _frame_size
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ class _Sync:
     offset: float | None = None  # capture wall = p + offset, once released
     clock: str = ""  # "rtcp" or "arrival"
     held: list[tuple[float, Any]] = field(default_factory=list)
+    first_p: float | None = None  # media time of the session's first frame (media limits)
 
     def note(self, p: float, arrival: float) -> None:
         if self.first_seen is None:
@@ -110,7 +113,7 @@ class WebRTCSource(MediaSource):
 
     `accept(offer)` answers a publisher's SDP offer; `items()` then yields sampled RGB frames,
     16 kHz audio chunks, Gaps and a final EndOfStream (publisher gone, silent for
-    `idle_timeout` s, connection failed, or `close()`).
+    `idle_timeout` s, connection failed, media beyond `limits`, or `close()`).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class WebRTCSource(MediaSource):
         ice_servers: Sequence[Any] = (),
         idle_timeout: float = 10.0,
         sync_wait: float = 2.0,
+        limits: MediaLimits | None = None,
     ) -> None:
         # MediaSource's constructor opens a PyAV container; this source has none.
         self.url = url
@@ -143,6 +147,8 @@ class WebRTCSource(MediaSource):
         self.ice_servers = list(ice_servers)
         self.idle_timeout = idle_timeout
         self.sync_wait = sync_wait
+        self.guard = MediaGuard(limits, f"The publisher of {url}", live=True)
+        self.limit_reason: str | None = None
         # counters
         self.frames_decoded = 0
         self.frames_sampled = 0
@@ -260,6 +266,7 @@ class WebRTCSource(MediaSource):
         for kind, receiver in receivers.items():
             sync = self._sync[kind] = _Sync(kind, receiver=receiver)
             self._watch_reports(receiver, sync)
+            self._count_bytes(receiver)
             reader = self._read_video if kind == "video" else self._read_audio
             self._spawn(reader(receiver.track), f"webrtc-{kind}")
         if self.has_video:
@@ -367,6 +374,35 @@ class WebRTCSource(MediaSource):
 
         receiver._handle_rtcp_packet = on_rtcp
 
+    def _count_bytes(self, receiver: Any) -> None:
+        """Hold the RTP payload of this receiver to media.max_bitrate (arrival clock)."""
+        handle = receiver._handle_rtp_packet
+
+        async def on_rtp(packet: Any, arrival_time_ms: int) -> None:
+            why = self.guard.received(len(packet.payload), arrival_time_ms / 1000.0)
+            if why is not None:
+                self._beyond_limits(why)
+                return
+            await handle(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtp_packet = on_rtp
+
+    def _beyond_limits(self, reason: str) -> None:
+        """Media beyond the limits: this session ends with the reason; nothing else does."""
+        if self.limit_reason is None and not self._finished:
+            self.limit_reason = reason
+            log.warning("%s: %s", self.url, reason)
+            self._finish(reason)
+
+    def _within_limits(self, sync: _Sync, p: float) -> bool:
+        """Whether the session's media time is still within media.max_duration."""
+        if sync.first_p is None:
+            sync.first_p = p
+        why = self.guard.published(p - sync.first_p)
+        if why is not None:
+            self._beyond_limits(why)
+        return why is None
+
     async def _read_video(self, track: MediaStreamTrack) -> None:
         from aiortc.mediastreams import MediaStreamError
 
@@ -387,7 +423,13 @@ class WebRTCSource(MediaSource):
                 self.frames_decoded += 1
                 if frame.pts is None or frame.time_base is None:
                     continue
+                why = self.guard.live_frame(int(frame.width), int(frame.height))
+                if why is not None:  # cheap, per frame: the size may change mid-stream
+                    self._beyond_limits(why)
+                    return
                 p = float(frame.pts * frame.time_base)
+                if not self._within_limits(sync, p):
+                    return
                 sync.clock_rate = int(round(1 / frame.time_base))
                 sync.note(p, arrival)
                 # Sample on the stream clock once it is known, so a frame falls right after
@@ -445,7 +487,13 @@ class WebRTCSource(MediaSource):
                 self._last_media = time.monotonic()
                 if frame.pts is None or frame.time_base is None or not frame.sample_rate:
                     continue
+                why = self.guard.live_audio(int(frame.sample_rate), _channels(frame))
+                if why is not None:
+                    self._beyond_limits(why)
+                    return
                 p = float(frame.pts * frame.time_base)
+                if not self._within_limits(sync, p):
+                    return
                 duration = frame.samples / frame.sample_rate
                 sync.clock_rate = int(frame.sample_rate)
                 sync.note(p, arrival)
@@ -536,7 +584,7 @@ class WebRTCSource(MediaSource):
                 s.offset = (s.offset or 0.0) + shift
             t_first += shift
             if self._session_floor > 0.0 and t_first > self._session_floor:
-                self._put_gap(Gap(self._session_floor, t_first))
+                self._put_gap(Gap(self._session_floor, t_first, "the publisher reconnected"))
             self._released = True
             self._lead_next = None
             for s in started:
@@ -568,7 +616,7 @@ class WebRTCSource(MediaSource):
             duration = len(payload) / AUDIO_RATE
         if kind == lead:
             if self._lead_next is not None and t > self._lead_next + GAP_SECONDS:
-                self._put_gap(Gap(self._lead_next, t))
+                self._put_gap(Gap(self._lead_next, t, "the published media paused"))
             self._lead_next = t + duration
         self.timeline.end = max(self.timeline.end, t + duration)
         self._handoff.put(item)
@@ -624,6 +672,14 @@ class WebRTCSource(MediaSource):
         others = [t for t in list(self._tasks) if t is not current]
         if others:
             await asyncio.gather(*others, return_exceptions=True)
+
+
+def _channels(frame: Any) -> int:
+    layout = getattr(frame, "layout", None)
+    n = getattr(layout, "nb_channels", None)
+    if n is None:
+        n = len(getattr(layout, "channels", ()) or ())
+    return int(n)
 
 
 def _offer_error(e: Exception) -> str:

@@ -150,6 +150,16 @@ function momentRow(moment, { query = "", score = null, showStream = false, onCli
   return row;
 }
 
+/** A stretch with no media: the source dropped, or its clock jumped. */
+function gapRow(gap) {
+  return el(
+    "li",
+    { class: "gap-row", dataset: { start: String(gap.start) }, title: gap.reason },
+    el("span", { class: "when" }, `${clock(gap.start)}–${clock(gap.end)}`),
+    el("span", {}, `no media · ${gap.reason}`),
+  );
+}
+
 function openMoment(moment) {
   const dialog = $("moment");
   const ev = moment.evidence || {};
@@ -255,14 +265,21 @@ async function refreshTimeline() {
     const key = `${m.start}`;
     if (!state.timelineKeys.has(key)) fresh.push(m);
   }
-  // Newest first: each new moment goes before the first older row.
-  for (const m of fresh.sort((a, b) => b.start - a.start)) {
-    state.timelineKeys.add(`${m.start}`);
-    const older = [...list.children].find((r) => Number(r.dataset.start) < m.start) || null;
-    list.insertBefore(momentRow({ ...m, stream }), older);
+  const rows = fresh.map((m) => [m.start, `${m.start}`, () => momentRow({ ...m, stream })]);
+  for (const g of body.gaps || []) {
+    const key = `gap:${g.start}`;
+    if (!state.timelineKeys.has(key)) rows.push([g.start, key, () => gapRow(g)]);
+  }
+  // Newest first: each new row goes before the first older row.
+  for (const [start, key, make] of rows.sort((a, b) => b[0] - a[0])) {
+    state.timelineKeys.add(key);
+    const row = make();
+    row.dataset.key = key;
+    const older = [...list.children].find((r) => Number(r.dataset.start) < start) || null;
+    list.insertBefore(row, older);
   }
   while (list.children.length > TIMELINE_LIMIT) {
-    state.timelineKeys.delete(list.lastChild.dataset.start);
+    state.timelineKeys.delete(list.lastChild.dataset.key);
     list.lastChild.remove();
   }
   $("timeline-empty").hidden = list.children.length > 0;
