@@ -12,7 +12,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from livesense.records import Evidence
 
@@ -85,6 +85,14 @@ class Term:
     parts: tuple[str, ...]
     joined: str
     inner: re.Pattern[str] | None = None  # how it may match inside a longer word, if at all
+    word: str = field(init=False, repr=False, compare=False)  # " platform9 "
+    phrase: str | None = field(init=False, repr=False, compare=False)  # " platform 9 "
+
+    def __post_init__(self) -> None:
+        # found as a word or a phrase of its parts <=> found with spaces around in " norm "
+        object.__setattr__(self, "word", f" {self.joined} ")
+        phrase = f" {' '.join(self.parts)} " if len(self.parts) > 1 else None
+        object.__setattr__(self, "phrase", phrase)
 
     @property
     def substring(self) -> bool:
@@ -146,26 +154,27 @@ def trigram_term(term: Term) -> str | None:
     return _quote([term.joined]) if term.substring else None
 
 
-def _has_phrase(tokens: list[str], parts: tuple[str, ...]) -> bool:
-    n = len(parts)
-    first = parts[0]
-    return any(tok == first and tuple(tokens[i : i + n]) == parts for i, tok in enumerate(tokens))
-
-
 def term_credits(terms: list[Term], norm: str) -> list[float]:
     """Per query term: 1 when found as a word, phrase or joined code, SUBSTRING_CREDIT when
-    found only inside a longer word, else 0."""
-    tokens = norm.split()
-    vocab = set(tokens)
+    found only inside a longer word, else 0. `norm` is normalise()'s output: words separated
+    by single spaces, so a word or phrase is a substring with a space on either side."""
+    padded = f" {norm} "
     out: list[float] = []
     for t in terms:
-        if t.joined in vocab or (len(t.parts) > 1 and _has_phrase(tokens, t.parts)):
+        if t.word in padded or (t.phrase is not None and t.phrase in padded):
             out.append(1.0)
         elif t.inner is not None and t.joined in norm and t.inner.search(norm):
             out.append(SUBSTRING_CREDIT)
         else:
             out.append(0.0)
     return out
+
+
+def coverage(credits: list[float], weights: list[float] | None) -> float:
+    """The weighted mean of the terms' credits (uniform weights by default), in [0, 1]."""
+    w = weights if weights is not None else [1.0] * len(credits)
+    total = sum(w)
+    return sum(c * x for c, x in zip(credits, w, strict=True)) / total if total > 0 else 0.0
 
 
 def match_terms(
@@ -176,7 +185,4 @@ def match_terms(
     if not terms:
         return 0.0, False
     credits = term_credits(terms, norm)
-    w = weights if weights is not None else [1.0] * len(terms)
-    total = sum(w)
-    coverage = sum(c * x for c, x in zip(credits, w, strict=True)) / total if total > 0 else 0.0
-    return coverage, all(c > 0 for c in credits)
+    return coverage(credits, weights), all(c > 0 for c in credits)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +35,12 @@ from livesense.errors import QueryError
 from livesense.memory.index import VectorIndex
 from livesense.memory.lexical import (
     Term,
+    coverage,
     fts_all,
     fts_term,
-    match_terms,
     query_terms,
     stream_key,
+    term_credits,
     trigram_term,
 )
 
@@ -132,6 +133,8 @@ def _newest(
 
 
 def _doc_freq(conn: sqlite3.Connection, words: set[str]) -> dict[str, int]:
+    if not words:
+        return {}
     conn.execute(
         "CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, fts, row)"
     )
@@ -160,21 +163,28 @@ def lexical_candidates(
 ) -> tuple[set[int], list[float]]:
     """(row ids worth scoring, idf weight of each term) for the lexical side. A word's
     trigram (inside glued text) matches are looked up only when its word matches are few: a
-    common word gains nothing from them."""
+    common word gains nothing from them. With one term no weight is looked up: [1.0] (a lone
+    term's weight cancels out of the coverage)."""
     ids: set[int] = set()
     if len(terms) > 1:
         ids.update(_newest(conn, "fts", fts_all(terms) or "", LEXICAL_CANDIDATES, scope))
     inner_hits: dict[str, int] = {}
+    exact_df: dict[str, int] = {}
     for t in terms[:MAX_LEXICAL_TERMS]:
         as_word = _newest(conn, "fts", fts_term(t), TERM_CANDIDATES, scope)
         ids.update(as_word)
+        if scope is None and len(t.parts) == 1 and len(as_word) < TERM_CANDIDATES:
+            exact_df[t.joined] = len(as_word)  # every row holding the word: its df
         tri = trigram_term(t)
         if tri is not None and len(as_word) < TERM_CANDIDATES:
             found = _newest(conn, "tri", tri, TERM_CANDIDATES, scope)
             inner_hits[t.joined] = len(found)
             ids.update(found)
-    words = {p for t in terms for p in t.parts} | {t.joined for t in terms}
-    df = _doc_freq(conn, words)
+    if len(terms) == 1:
+        return ids, [1.0]
+    all_words = {p for t in terms for p in t.parts} | {t.joined for t in terms}
+    df = dict(exact_df)
+    df.update(_doc_freq(conn, all_words - exact_df.keys()))
     weights = []
     for t in terms:
         d = min(df.get(p, 0) for p in t.parts)
@@ -183,17 +193,6 @@ def lexical_candidates(
         d = max(d, inner_hits.get(t.joined, 0))  # glued-only words: at least what was seen
         weights.append(idf(d, n))
     return ids, weights
-
-
-def _norm_texts(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, str]:
-    ids = list(ids)
-    out: dict[int, str] = {}
-    for i in range(0, len(ids), 900):
-        chunk = ids[i : i + 900]
-        marks = ",".join("?" * len(chunk))
-        for rid, norm in conn.execute(f"SELECT id, norm FROM records WHERE id IN ({marks})", chunk):
-            out[int(rid)] = norm
-    return out
 
 
 def rank(
@@ -231,10 +230,33 @@ def rank(
     missing = [rid for rid in lex_ids if rid not in dense]
     if missing:
         dense.update(index.scores(qvec, missing))
-    texts = _norm_texts(conn, set(dense) | lex_ids)
+    return _fuse(conn, terms, weights, dense, set(dense) | lex_ids, top_k)
+
+
+def _fuse(
+    conn: sqlite3.Connection,
+    terms: list[Term],
+    weights: list[float],
+    dense: dict[int, float],
+    candidates: set[int],
+    top_k: int,
+) -> list[tuple[int, float]]:
+    """The top_k candidates by hybrid score, from one read of their texts (which also leaves
+    out candidates no longer stored). A query's candidates share few patterns of credits, so
+    each pattern's coverage is worked out once."""
+    w = weights or None
+    memo: dict[tuple[float, ...], tuple[float, bool]] = {}
     scored: list[tuple[float, int]] = []
-    for rid, norm in texts.items():
-        coverage, every = match_terms(terms, norm, weights or None)
-        scored.append((-hybrid_score(dense.get(rid, 0.0), coverage, every), rid))
+    ids = sorted(candidates)
+    for k in range(0, len(ids), 900):  # SQLite's parameter limit (999 in old builds)
+        chunk = ids[k : k + 900]
+        marks = ",".join("?" * len(chunk))
+        for rid, norm in conn.execute(f"SELECT id, norm FROM records WHERE id IN ({marks})", chunk):
+            credits = tuple(term_credits(terms, norm)) if terms else ()
+            lex = memo.get(credits)
+            if lex is None:
+                every = bool(credits) and all(c > 0 for c in credits)
+                lex = memo[credits] = (coverage(list(credits), w) if credits else 0.0, every)
+            scored.append((-hybrid_score(dense.get(rid, 0.0), *lex), int(rid)))
     scored.sort()
     return [(rid, -neg) for neg, rid in scored[:top_k]]
