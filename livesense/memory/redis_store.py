@@ -15,6 +15,15 @@ incrementally from each stream's change log (a Redis Stream); a hint feed wakes 
 stream changes, and a sweep every few seconds catches anything a hint missed. New moments seen
 there are scored against this process's standing queries (watch), so a process ingesting
 stream A pushes to a client connected to any other process.
+
+Vector search: where the server has a query engine (Redis 8, or Redis Stack's search module),
+the dense side of search runs in Redis. Every record hash then also carries its pooled token
+vector (FLOAT16), its stream (TAG) and its time span (NUMERIC), and one HNSW index covers all
+records; a search asks it for the nearest records within the stream and time filters (FT.SEARCH
+KNN, DIALECT 2), re-scores them exactly from their tokens, and mixes them with the lexical
+candidates of the local index, which then keeps no tokens at all. Without a query engine each
+query process keeps every record's tokens in its LocalIndex. `vector_search` (and health())
+says which one a store uses.
 """
 
 from __future__ import annotations
@@ -37,12 +46,12 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from livesense.config import MemorySettings, RedisSettings
-from livesense.engines.text import TextEmbedder
+from livesense.engines.text import DIM, TextEmbedder
 from livesense.errors import LivesenseError, missing_package
 from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.lexical import searchable_text
-from livesense.memory.local_index import LocalIndex
+from livesense.memory.local_index import Key, LocalIndex
 from livesense.memory.loop_thread import LoopThread
 from livesense.memory.record_codec import (
     EVIDENCE,
@@ -56,18 +65,21 @@ from livesense.memory.record_codec import (
     unpack_tokens,
 )
 from livesense.memory.redis_keys import RedisKeys
-from livesense.memory.search import check_stream
+from livesense.memory.search import DENSE_CANDIDATES, check_stream
 from livesense.memory.store import evidence_from_json
 from livesense.memory.store_base import Store
 from livesense.memory.summary import StreamSummary
 from livesense.memory.tiers import (
+    GAPS_KEPT,
     Drop,
+    GapMark,
     Put,
     Retier,
     StreamTiers,
     TierBudget,
     TierPlan,
     TimelineMoment,
+    with_gaps,
 )
 from livesense.records import Hit, SnippetRecord
 
@@ -79,8 +91,28 @@ log = logging.getLogger(__name__)
 ASK_HITS = 5
 BATCH = 64  # writes sent in one round trip
 FEED_KEPT = 100_000  # hint entries kept in the feed
-SWEEP_SECONDS = 5.0  # the follower checks every stream this often, hint or not
+SWEEP_SECONDS = 5.0  # the follower checks every stream this often, hint or not...
+SWEEP_SLICES = 5  # ...a slice of them at a time: a whole sweep of 1,000 streams held up searches
+SWEEP_CHUNK = 200  # streams checked in one round trip
 QUERIED_TTL = 3600  # seconds a set of queried snippets waits for its stream's writer
+
+# Fields every record hash gets where the server has a query engine, and the index over them.
+# FLOAT16 like the stored tokens: at 384 dimensions an insert into the HNSW graph costs Redis
+# ~0.2 ms (FLOAT32 with EF_CONSTRUCTION 200: ~1.1 ms, too much for 1,000 live streams) and
+# half the memory; EF_RUNTIME 200 finds ~85% of the true 5 nearest among the 64 asked for on the
+# bench's near-duplicate scenes (64: ~70%) for ~1 ms more per query.
+VEC, VSTREAM, VSTART, VEND = b"vec", b"stream", b"start", b"end"
+HNSW = ["M", 16, "EF_CONSTRUCTION", 64, "EF_RUNTIME", 200]
+LOCAL_INDEX = "local index"
+QUERY_ENGINE = "redis query engine"
+
+# KEYS: a record. ARGV: its tokens as read, then field, value pairs. Sets the fields only if the
+# record still holds those tokens (it was not merged or dropped meanwhile).
+BACKFILL_LUA = """
+if redis.call('HGET', KEYS[1], 'tok') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
 
 # KEYS: meta, lease, timeline, changes, queried, then the keys the operations name.
 # ARGV: token, seq, index to check (-1: none), operation count, lease ttl (ms), then per
@@ -122,6 +154,22 @@ local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
+"""
+
+# KEYS: gaps, gap reasons, lease. ARGV: member, start, reason, markers kept, token.
+# {1}: stored, {0}: stored already, {-1, holder}: another process ingests the stream.
+GAP_LUA = """
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[5] then return {-1, holder} end
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return {0} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+  redis.call('HDEL', KEYS[2], unpack(old))
+end
+return {1}
 """
 
 RELEASE_LUA = """
@@ -185,7 +233,11 @@ class RedisStore(Store):
         follow: bool = False,
         embedder: TextEmbedder | None = None,
         hub: WatchHub | None = None,
+        vector_index: bool | None = None,
     ) -> None:
+        """vector_index: search vectors with Redis's query engine (True: it must be there),
+        in this process's local index (False), or the former where the server has one (None).
+        """
         self._aioredis = _import_redis()
         self.url = url
         self.settings = settings or MemorySettings()
@@ -205,9 +257,14 @@ class RedisStore(Store):
         self._locks_lock = threading.Lock()
         self._queried_inbox: dict[str, set[int]] = {}
         self._pending: deque[_Write] = deque()
+        self._gap_backlog: deque[tuple[str, GapMark]] = deque(maxlen=256)  # Redis was away
+        self._gap_lock = threading.Lock()
         self._flusher_idle = True
         self._space = threading.Condition()
         self._health = _Health()
+        self._want_engine = vector_index
+        self._engine = False  # the server has a query engine: records carry their vectors
+        self.vector_search = LOCAL_INDEX
         self._local = LocalIndex()
         self._chg: dict[str, bytes] = {}
         self._sync_lock: asyncio.Lock | None = None
@@ -237,6 +294,9 @@ class RedisStore(Store):
         self._apply = self._client.register_script(APPLY_LUA)
         self._renew = self._client.register_script(RENEW_LUA)
         self._release = self._client.register_script(RELEASE_LUA)
+        self._gap = self._client.register_script(GAP_LUA)
+        self._backfill_script = self._client.register_script(BACKFILL_LUA)
+        await self._open_vector_index()
         self._sync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         if not self.readonly:
@@ -388,6 +448,56 @@ class RedisStore(Store):
         if wake and self._wake is not None:
             self._io.loop.call_soon_threadsafe(self._wake.set)
 
+    def _mark_gap(self, stream: str, mark: GapMark) -> None:
+        """Store a gap marker now (one script in the stream's slot, idempotent). While Redis
+        is unreachable markers wait here and go with the next one marked."""
+        if self.readonly or self._closed:
+            state = "has been closed" if self._closed else "is open read-only"
+            raise LivesenseError(f"This memory {state}; it cannot be written.")
+        fenced = self._health.fenced.get(stream)
+        if fenced is not None:
+            raise LivesenseError(
+                f"Stream {stream} is now ingested by {fenced}; this process stopped writing it."
+            )
+        with self._gap_lock:
+            self._gap_backlog.append((stream, mark))
+            while self._gap_backlog:
+                s, m = self._gap_backlog[0]
+                k = self.keys
+                script = self._gap(
+                    keys=[k.gaps(s), k.gap_reasons(s), k.lease(s)],
+                    args=[f"{m.start:.3f}:{m.end:.3f}", m.start, m.reason, GAPS_KEPT, self.token],
+                )
+                try:
+                    result = self._call(script, "mark a gap")
+                except LivesenseError:
+                    raise  # unreachable: the marker waits for the next one
+                except Exception:
+                    self._gap_backlog.popleft()
+                    raise
+                self._gap_backlog.popleft()
+                if int(result[0]) == -1:
+                    raise LivesenseError(
+                        f"Stream {s} is being ingested by {result[1].decode()}; "
+                        "its gap was not marked here."
+                    )
+
+    def gaps(self, stream: str) -> list[GapMark]:
+        """The stream's gap markers in time order."""
+        return list(self._call(self._gaps(check_stream(stream)), "read gap markers"))
+
+    async def _gaps(self, stream: str) -> list[GapMark]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrange(self.keys.gaps(stream), 0, -1)
+        pipe.hgetall(self.keys.gap_reasons(stream))
+        members, reasons = await pipe.execute()
+        out: list[GapMark] = []
+        for member in members:
+            start, _, end = member.decode().partition(":")
+            why = reasons.get(member, b"").decode()
+            out.append(GapMark(float(start), float(end), why or "media was missing"))
+        return sorted(out, key=lambda g: (g.start, g.end))
+
     def _open_stream(self, stream: str) -> StreamTiers:
         """Take the lease and load the stream's tiers (under the stream's lock)."""
         if stream not in self._owned and not self.acquire(stream):
@@ -439,6 +549,9 @@ class RedisStore(Store):
                 rk = k.record(stream, idx)
                 op("DEL", rk)
                 fields = pack_record(o.item)
+                if self._engine:
+                    r = o.item.record
+                    fields.update(vector_fields(stream, r.start, r.end, r.tokens))
                 op("HSET", rk, *[x for kv in fields.items() for x in kv])
                 op("ZADD", k.timeline(stream), idx, f"{idx}:{o.item.last_index}")
                 if idx == index and keyframe and o.item.record.evidence.keyframe:
@@ -577,12 +690,14 @@ class RedisStore(Store):
             else round(time.monotonic() - h.unreachable_since, 1),
             "owned": sorted(self._owned),
             "fenced": dict(h.fenced),
+            "vector_search": self.vector_search,
         }
 
     # -- following changes (query processes) -------------------------------------------
 
     async def _follow_loop(self) -> None:
         last_sweep = time.monotonic()
+        turn = 0
         backoff = 0.1
         while True:
             try:
@@ -594,12 +709,12 @@ class RedisStore(Store):
                     for entry_id, fields in entries:
                         self._feed_id = entry_id
                         touched.add(fields[b"s"].decode())
-                if time.monotonic() - last_sweep >= SWEEP_SECONDS:
-                    await self._sweep(publish=True)
+                for stream in sorted(touched):
+                    await self._sync_stream(stream, publish=True)
+                if time.monotonic() - last_sweep >= SWEEP_SECONDS / SWEEP_SLICES:
+                    await self._sweep(publish=True, part=turn % SWEEP_SLICES, parts=SWEEP_SLICES)
+                    turn += 1
                     last_sweep = time.monotonic()
-                else:
-                    for stream in sorted(touched):
-                        await self._sync_stream(stream, publish=True)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -611,18 +726,20 @@ class RedisStore(Store):
                 log.exception("following changes in Redis failed")
                 await asyncio.sleep(1.0)
 
-    async def _sweep(self, *, publish: bool) -> None:
-        """Bring the local index up to date with every stream."""
+    async def _sweep(self, *, publish: bool, part: int = 0, parts: int = 1) -> None:
+        """Bring the local index up to date with every stream (with parts > 1: with the
+        part-th slice of the known streams, and with every new one)."""
         raw = await self._client.smembers(self.keys.streams)
         streams = sorted(s.decode() for s in raw)
-        known = [s for s in streams if s in self._chg]
-        pipe = self._client.pipeline(transaction=False)
-        for s in known:
-            pipe.xrevrange(self.keys.changes(s), count=1)
-        newest = await pipe.execute() if known else []
-        for s, last in zip(known, newest, strict=True):
-            if last and last[0][0] != self._chg[s]:
-                await self._sync_stream(s, publish=publish)
+        known = [s for s in streams[part::parts] if s in self._chg]
+        for i in range(0, len(known), SWEEP_CHUNK):
+            chunk = known[i : i + SWEEP_CHUNK]
+            pipe = self._client.pipeline(transaction=False)
+            for s in chunk:
+                pipe.xrevrange(self.keys.changes(s), count=1)
+            for s, last in zip(chunk, await pipe.execute(), strict=True):
+                if last and last[0][0] != self._chg[s]:
+                    await self._sync_stream(s, publish=publish)
         for s in streams:
             if s not in self._chg:
                 await self._sync_stream(s, publish=False)
@@ -678,8 +795,9 @@ class RedisStore(Store):
             chunk = indices[i : i + 500]
             published: list[SnippetRecord] = []
             pipe = self._client.pipeline(transaction=False)
+            plain = [META, LEX] if not self._local.dense else [META, LEX, TOKENS]
             for idx in chunk:
-                fields = [META, TOKENS, LEX, EVIDENCE] if idx in watched else [META, TOKENS, LEX]
+                fields = [META, LEX, TOKENS, EVIDENCE] if idx in watched else plain
                 pipe.hmget(self.keys.record(stream, idx), fields)
             rows = []
             for idx, values in zip(chunk, await pipe.execute(), strict=True):
@@ -687,9 +805,9 @@ class RedisStore(Store):
                     self._local.drop(stream, idx)  # merged away since
                     continue
                 meta = unpack_meta(values[0])
-                tokens = unpack_tokens(values[1])
+                tokens = unpack_tokens(values[2] if len(values) > 2 else None)
                 start, end = float(meta["s"]), float(meta["e"])  # type: ignore[arg-type]
-                rows.append((idx, start, end, tokens, (values[2] or b"").decode()))
+                rows.append((idx, start, end, tokens, (values[1] or b"").decode()))
                 if idx in watched and self.hub is not None:
                     record = SnippetRecord(
                         stream, idx, start, end, tokens, [str(m) for m in meta["mods"]],  # type: ignore[attr-defined]
@@ -726,10 +844,165 @@ class RedisStore(Store):
         top_k: int,
     ) -> list[Hit]:
         self.refresh()
-        ranked = self._local.search(qvec, query, stream=stream, start=start, end=end, top_k=top_k)
+        if self.vector_search == QUERY_ENGINE:
+            # one trip to Redis: the nearest records, and the tokens of the lexical candidates
+            lexical = self._local.lexical(query, stream=stream, start=start, end=end)
+            k = max(DENSE_CANDIDATES, 4 * top_k)
+            names = list(lexical.texts)
+            dense = self._call(self._dense(qvec, stream, start, end, k, names), "search vectors")
+            ranked = self._local.fuse(lexical, dense, top_k)
+        else:
+            ranked = self._local.search(
+                qvec, query, stream=stream, start=start, end=end, top_k=top_k
+            )
         if not ranked:
             return []
         return list(self._call(self._hits(ranked), "read moments"))
+
+    # -- Redis's own vector index ------------------------------------------------------------
+
+    async def _open_vector_index(self) -> None:
+        """Find out whether the server has a query engine; if so, make sure the records' index
+        exists (the process that creates it gives the records already stored their vectors)
+        and, unless told otherwise, search vectors there."""
+        try:
+            await self._client.execute_command("FT._LIST")
+            self._engine = True
+        except self._aioredis.ResponseError:
+            self._engine = False
+        if self._want_engine and not self._engine:
+            await self._client.aclose()
+            raise LivesenseError(
+                f"Redis at {shown_url(self.url)} has no query engine (Redis 8 or Redis Stack), "
+                "so it cannot keep a vector index."
+            )
+        if self._engine:
+            try:
+                if await self._create_index():
+                    await self._backfill()
+            except self._aioredis.ResponseError as e:
+                if self._want_engine:
+                    await self._client.aclose()
+                    raise LivesenseError(
+                        f"Redis at {shown_url(self.url)} refused the vector index ({e})."
+                    ) from None
+                log.warning("Redis refused the vector index (%s); vectors stay local", e)
+                self._engine = False
+        if self._engine and self._want_engine is not False:
+            self.vector_search = QUERY_ENGINE
+            self._local = LocalIndex(dense=False)
+        log.info(
+            "Redis at %s: vector search in %s", shown_url(self.url),
+            "Redis's query engine" if self._local.dense is False else "this process's index",
+        )  # fmt: skip
+
+    async def _create_index(self) -> bool:
+        """Create the records' vector index (False: it exists already)."""
+        k = self.keys
+        vector = ["TYPE", "FLOAT16", "DIM", DIM, "DISTANCE_METRIC", "COSINE", *HNSW]
+        try:
+            await self._client.execute_command(
+                "FT.CREATE", k.vector_index, "ON", "HASH", "PREFIX", 1, k.records_under,
+                "FILTER", 'contains(@__key, ":r:")', "SCHEMA",
+                VEC, "VECTOR", "HNSW", len(vector), *vector,
+                VSTREAM, "TAG", "CASESENSITIVE", VSTART, "NUMERIC", VEND, "NUMERIC",
+            )  # fmt: skip
+        except self._aioredis.ResponseError as e:
+            if "exists" in str(e).lower():
+                return False
+            raise
+        log.info("created the vector index %s in Redis", k.vector_index)
+        return True
+
+    async def _backfill(self) -> None:
+        """Give the records stored before the index existed their vector fields."""
+        done = 0
+        for stream in sorted(s.decode() for s in await self._client.smembers(self.keys.streams)):
+            members = await self._client.zrange(self.keys.timeline(stream), 0, -1)
+            firsts = [self.keys.parse_member(m)[0] for m in members]
+            for i in range(0, len(firsts), 500):
+                chunk = firsts[i : i + 500]
+                pipe = self._client.pipeline(transaction=False)
+                for idx in chunk:
+                    pipe.hmget(self.keys.record(stream, idx), [META, TOKENS])
+                writes = self._client.pipeline(transaction=False)
+                for idx, (meta_raw, tok) in zip(chunk, await pipe.execute(), strict=True):
+                    if meta_raw is None or tok is None:
+                        continue
+                    meta = unpack_meta(meta_raw)
+                    fields = vector_fields(stream, meta["s"], meta["e"], unpack_tokens(tok))  # type: ignore[arg-type]
+                    args = [tok, *[x for kv in fields.items() for x in kv]]
+                    key = self.keys.record(stream, idx)
+                    await self._backfill_script(keys=[key], args=args, client=writes)
+                    done += 1
+                await writes.execute()
+        if done:
+            log.info("gave %d stored records their vectors for the index", done)
+
+    async def _dense(
+        self,
+        qvec: np.ndarray,
+        stream: str | None,
+        start: float | None,
+        end: float | None,
+        k: int,
+        names: list[Key],
+    ) -> dict[Key, float]:
+        """Exact cosines of the k nearest records (by the query engine) and of the named ones,
+        asked for at once."""
+        try:
+            near, named = await asyncio.gather(
+                self._knn(qvec, stream, start, end, k), self._cosines(qvec, names)
+            )
+        except self._aioredis.ResponseError as e:  # e.g. the index was dropped meanwhile
+            raise LivesenseError(
+                f"Redis at {shown_url(self.url)} could not search vectors ({e})."
+            ) from None
+        return {**named, **near}
+
+    async def _knn(
+        self, qvec: np.ndarray, stream: str | None, start: float | None, end: float | None, k: int
+    ) -> dict[Key, float]:
+        """The k records nearest to the query by pooled vector within the filters, with their
+        exact cosine (the best of their tokens)."""
+        q = np.ascontiguousarray(qvec, np.float32)
+        params: list[Any] = ["q", q.astype(np.float16).tobytes()]
+        where = []
+        if stream is not None:
+            where.append("@stream:{$st}")
+            params += ["st", stream]
+        if start is not None:  # the record's [start, end) overlaps [start, end]: it ends after
+            # start, or it starts there (a record of no length); cheaper than "starts after"
+            a = repr(float(start))
+            where.append(f"(@end:[({a} +inf] | @start:[{a} {a}])")
+        if end is not None:
+            where.append(f"@start:[-inf {float(end)!r}]")
+        query = f"({' '.join(where) or '*'})=>[KNN {int(k)} @vec $q AS knn_d]"
+        reply = await self._client.execute_command(
+            "FT.SEARCH", self.keys.vector_index, query, "PARAMS", len(params), *params,
+            "SORTBY", "knn_d", "RETURN", 1, TOKENS, "LIMIT", 0, int(k), "DIALECT", 2,
+        )  # fmt: skip
+        out: dict[Key, float] = {}
+        for key, fields in _search_rows(reply):
+            name = self.keys.parse_record(key)
+            tok = fields.get(TOKENS)
+            if name is not None and tok:
+                out[name] = best_cosine(unpack_tokens(tok), q)
+        return out
+
+    async def _cosines(self, qvec: np.ndarray, names: list[Key]) -> dict[Key, float]:
+        """Exact cosines (the best of their tokens) of the named records still stored."""
+        if not names:
+            return {}
+        q = np.ascontiguousarray(qvec, np.float32)
+        pipe = self._client.pipeline(transaction=False)
+        for s, idx in names:
+            pipe.hget(self.keys.record(s, idx), TOKENS)
+        out: dict[Key, float] = {}
+        for name, tok in zip(names, await pipe.execute(), strict=True):
+            if tok:
+                out[name] = best_cosine(unpack_tokens(tok), q)
+        return out
 
     async def _hits(self, ranked: list[tuple[str, int, float]]) -> list[Hit]:
         pipe = self._client.pipeline(transaction=False)
@@ -794,8 +1067,10 @@ class RedisStore(Store):
         return None if raw is None else StreamSummary.from_json(raw)
 
     def timeline(self, stream: str) -> list[TimelineMoment]:
-        """The stream's stored moments in time order; they tile the stream without overlaps."""
-        return list(self._call(self._timeline(check_stream(stream)), "read a timeline"))
+        """The stream's stored moments and gap markers in time order; they tile the stream
+        without overlaps."""
+        moments = list(self._call(self._timeline(check_stream(stream)), "read a timeline"))
+        return with_gaps(moments, self.gaps(stream))
 
     async def _timeline(self, stream: str) -> list[TimelineMoment]:
         members = await self._client.zrange(self.keys.timeline(stream), 0, -1)
@@ -939,6 +1214,38 @@ class RedisStore(Store):
     def __repr__(self) -> str:
         mode = "read-only" if self.readonly else "writer"
         return f"RedisStore({shown_url(self.url)!r}, {mode}, prefix={self.keys.prefix!r})"
+
+
+def vector_fields(stream: str, start: float, end: float, tokens: np.ndarray) -> dict[bytes, bytes]:
+    """What the query engine indexes of a record: its stream, time span and pooled vector (the
+    normalised mean of its tokens; left out when they have none, so it is never searched)."""
+    out = {VSTREAM: stream.encode(), VSTART: repr(float(start)).encode(),
+           VEND: repr(float(end)).encode()}  # fmt: skip
+    t = np.asarray(tokens, np.float32).reshape(-1, DIM)
+    if len(t):
+        v = t.mean(axis=0)
+        n = float(np.linalg.norm(v))
+        if n > 1e-6:
+            out[VEC] = (v / n).astype(np.float16).tobytes()
+    return out
+
+
+def best_cosine(tokens: np.ndarray, q: np.ndarray) -> float:
+    """The best cosine of a record's tokens with the query (0 when it has none)."""
+    return float((tokens @ q).max()) if len(tokens) else 0.0
+
+
+def _search_rows(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """(key, returned fields) of each FT.SEARCH result (asked with RETURN), RESP3 or RESP2."""
+    out: list[tuple[bytes, dict[bytes, bytes]]] = []
+    if isinstance(reply, dict):  # RESP3: {results: [{id, extra_attributes}, ...], ...}
+        for r in reply.get(b"results") or []:
+            out.append((r[b"id"], dict(r.get(b"extra_attributes") or {})))
+        return out
+    for i in range(1, len(reply) - 1, 2):  # RESP2: total, then key, [field, value, ...]
+        fields = reply[i + 1]
+        out.append((reply[i], dict(zip(fields[::2], fields[1::2], strict=False))))
+    return out
 
 
 def _ints(raw: bytes) -> list[int]:
