@@ -71,6 +71,7 @@ def _open_store(
             readonly=readonly,
             follow=follow,
             hub=hub,
+            vector_index={"auto": None, "on": True, "off": False}[settings.redis.vector_index],
         )
     if readonly and not (memory / "memory.db").exists():
         raise LivesenseError(

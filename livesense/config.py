@@ -195,6 +195,11 @@ class RedisSettings(BaseModel):
         description="Change-log entries kept per stream; a query process further behind "
         "reloads that stream.",
     )
+    vector_index: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Search vectors with Redis's own index (query engine: Redis 8 or Redis "
+        "Stack): auto (when the server has it), on (it must), off (an index per query process).",
+    )
 
 
 class SecuritySettings(BaseModel):

@@ -15,12 +15,12 @@ LIVESENSE = [sys.executable, "-m", "livesense.cli"]
 
 
 def livesense(
-    *args: str, timeout: float = 300, check: bool = False
+    *args: str, timeout: float = 300, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a child process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """Run the real CLI in a child process (env: extra environment variables)."""
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [*LIVESENSE, *args], capture_output=True, text=True, timeout=timeout, check=check, env=env
+        [*LIVESENSE, *args], capture_output=True, text=True, timeout=timeout, check=check, env=full
     )
 
 

@@ -13,6 +13,7 @@ from livesense.engines.text import shared_text_embedder
 from livesense.errors import LivesenseError
 from livesense.memory.redis_store import LOCAL_INDEX, QUERY_ENGINE, RedisStore
 from livesense.records import Evidence, Hit, OcrLine, SnippetRecord
+from tests.conftest import livesense
 from tests.redis_server import RedisServer, redis_server
 from tests.test_redis_store import FAST
 from tests.test_tiers import SETTINGS, synthetic
@@ -184,3 +185,13 @@ def test_a_server_without_a_query_engine_is_told(plain: RedisServer) -> None:
         RedisStore(url, SETTINGS, FAST, vector_index=True)
     with RedisStore(url, SETTINGS, FAST) as store:
         assert store.health()["vector_search"] == LOCAL_INDEX
+
+
+def test_the_setting_reaches_the_cli(plain: RedisServer) -> None:
+    url = clean(plain)
+    env = {"LIVESENSE_REDIS__VECTOR_INDEX": "on"}
+    r = livesense("search", "red car", "--redis", url, env=env)
+    assert r.returncode != 0 and "no query engine" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    r = livesense("search", "red car", "--redis", url, "--json", env={})
+    assert r.returncode == 0, r.stderr

@@ -128,6 +128,8 @@ def create_app(services: Services) -> FastAPI:
         out: dict[str, Any] = {"status": "ok", "version": __version__, "running": len(running)}
         if not authn.enabled:  # stream names are for token holders only
             out["streams"] = running
+        if (path := getattr(services.store, "vector_search", None)) is not None:
+            out["vector_search"] = path
         return out
 
     @app.get("/metrics", tags=["service"])
