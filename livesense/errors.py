@@ -35,6 +35,12 @@ class ConfigError(LivesenseError):
     status = 400
 
 
+class StoreUnavailableError(LivesenseError):
+    """The shared memory (Redis) cannot be reached: the request may succeed later."""
+
+    status = 503
+
+
 def missing_package(package: str, what: str, extra: str | None = None) -> ModelMissingError:
     how = f"pip install 'livesense[{extra}]'" if extra else f"pip install {package}"
     return ModelMissingError(

@@ -47,7 +47,7 @@ import numpy as np
 
 from livesense.config import MemorySettings, RedisSettings
 from livesense.engines.text import DIM, TextEmbedder
-from livesense.errors import LivesenseError, missing_package
+from livesense.errors import LivesenseError, StoreUnavailableError, missing_package
 from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.lexical import searchable_text
@@ -319,7 +319,7 @@ class RedisStore(Store):
         try:
             return self._io.run(coro, timeout=60)
         except self._errors() as e:
-            raise LivesenseError(
+            raise StoreUnavailableError(
                 f"Redis at {shown_url(self.url)} could not {what} ({e.__class__.__name__}: {e})."
             ) from None
 
