@@ -389,11 +389,9 @@ class RedisStore(Store):
                 lock = self._stream_locks[stream] = threading.Lock()
             return lock
 
-    def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
-        """Store one moment (a no-op if its snippet is already stored). Returns once the write
-        is buffered; it reaches Redis in the background (see flush)."""
-        stream = check_stream(record.stream)
-        tokens = check_record(record)
+    def _check_writable(self, stream: str) -> None:
+        """Refuse a write with one sentence: the store is closed or read-only, or another
+        process took the stream's lease."""
         if self.readonly or self._closed:
             state = "has been closed" if self._closed else "is open read-only"
             raise LivesenseError(f"This memory {state}; it cannot be written.")
@@ -402,6 +400,13 @@ class RedisStore(Store):
             raise LivesenseError(
                 f"Stream {stream} is now ingested by {fenced}; this process stopped writing it."
             )
+
+    def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
+        """Store one moment (a no-op if its snippet is already stored). Returns once the write
+        is buffered; it reaches Redis in the background (see flush)."""
+        stream = check_stream(record.stream)
+        tokens = check_record(record)
+        self._check_writable(stream)
         index = int(record.index)
         with self._stream_lock(stream):
             tiers = self._tiers.get(stream) or self._open_stream(stream)
@@ -451,14 +456,7 @@ class RedisStore(Store):
     def _mark_gap(self, stream: str, mark: GapMark) -> None:
         """Store a gap marker now (one script in the stream's slot, idempotent). While Redis
         is unreachable markers wait here and go with the next one marked."""
-        if self.readonly or self._closed:
-            state = "has been closed" if self._closed else "is open read-only"
-            raise LivesenseError(f"This memory {state}; it cannot be written.")
-        fenced = self._health.fenced.get(stream)
-        if fenced is not None:
-            raise LivesenseError(
-                f"Stream {stream} is now ingested by {fenced}; this process stopped writing it."
-            )
+        self._check_writable(stream)
         with self._gap_lock:
             self._gap_backlog.append((stream, mark))
             while self._gap_backlog:
