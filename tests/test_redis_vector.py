@@ -179,6 +179,28 @@ def test_records_stored_before_the_index_get_their_vectors(stack: RedisServer) -
         assert [moments(store.search(q)) for q in QUERIES] == before
 
 
+def test_a_fill_cut_short_is_finished_by_the_next_process(stack: RedisServer) -> None:
+    import redis
+
+    url = clean(stack)
+    write(url, scene_records())
+    client = redis.Redis.from_url(url)
+    assert client.exists("ls:{index}:filled")  # the first process filled (nothing) and said so
+    with RedisStore(url, SETTINGS, FAST, readonly=True) as store:
+        before = [moments(store.search(q)) for q in QUERIES]
+    # A process was filling old records when it died: some records lack their vectors yet.
+    client.delete("ls:{index}:filled")
+    keys = sorted(client.scan_iter(match="ls:{*}:r:*"))
+    for key in keys[: len(keys) // 2]:
+        client.hdel(key, "vec", "stream", "start", "end")
+    with RedisStore(url, SETTINGS, FAST, readonly=True) as store:
+        assert all(client.hget(key, "vec") for key in keys), "not filled"  # filled again
+        assert index_docs(url) == store.count() == len(keys)
+        assert [moments(store.search(q)) for q in QUERIES] == before
+    assert client.exists("ls:{index}:filled")
+    client.close()
+
+
 def test_a_server_without_a_query_engine_is_told(plain: RedisServer) -> None:
     url = clean(plain)
     with pytest.raises(LivesenseError, match="no query engine"):

@@ -81,6 +81,12 @@ class RedisKeys:
         return f"{self.prefix}:{{streams}}:all"
 
     @property
+    def vectors_filled(self) -> str:
+        """STRING set once every record stored before the vector index existed has its vector
+        fields (absent: a process that was filling them died, and the next one goes on)."""
+        return f"{self.prefix}:{{index}}:filled"
+
+    @property
     def vector_index(self) -> str:
         """Name of the query engine's index over every record (not a key: Redis keeps index
         names apart). It covers the keys under `records_under` that name a record; on a

@@ -876,7 +876,8 @@ class RedisStore(Store):
             )
         if self._engine:
             try:
-                if await self._create_index():
+                created = await self._create_index()
+                if created or not await self._client.exists(self.keys.vectors_filled):
                     await self._backfill()
             except self._aioredis.ResponseError as e:
                 if self._want_engine:
@@ -934,6 +935,7 @@ class RedisStore(Store):
                     await self._backfill_script(keys=[key], args=args, client=writes)
                     done += 1
                 await writes.execute()
+        await self._client.set(self.keys.vectors_filled, b"1")
         if done:
             log.info("gave %d stored records their vectors for the index", done)
 
