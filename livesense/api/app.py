@@ -234,7 +234,9 @@ def create_app(services: Services) -> FastAPI:
         header = ws.headers.get("authorization", "")
         given = header.partition(" ")[2].strip() or ws.query_params.get("token", "")
         try:
-            who = authn.principal(given, ws.client.host if ws.client else None)
+            # token lookups and shared rate limits may ask Redis: not on the event loop
+            host = ws.client.host if ws.client else None
+            who = await asyncio.to_thread(authn.principal, given, host)
         except AuthError:
             await ws.close(code=1008, reason="A valid bearer token is required.")
             return
@@ -244,7 +246,7 @@ def create_app(services: Services) -> FastAPI:
             if stream is not None:
                 check_stream_id(stream)
             stream = who.narrow(stream)
-            authn.limit(who, "watches")
+            await asyncio.to_thread(authn.limit, who, "watches")
         except LivesenseError as e:
             await ws.close(code=1013 if e.status == 429 else 1008, reason=str(e)[:120])
             return

@@ -257,7 +257,9 @@ class RedisStore(Store):
         self._locks_lock = threading.Lock()
         self._queried_inbox: dict[str, set[int]] = {}
         self._pending: deque[_Write] = deque()
-        self._gap_backlog: deque[tuple[str, GapMark]] = deque(maxlen=256)  # Redis was away
+        # Gap markers waiting while Redis was away; when full the oldest is dropped (counted)
+        self._gap_backlog: deque[tuple[str, GapMark]] = deque(maxlen=256)
+        self.gaps_dropped = 0
         self._gap_lock = threading.Lock()
         self._flusher_idle = True
         self._space = threading.Condition()
@@ -458,6 +460,10 @@ class RedisStore(Store):
         is unreachable markers wait here and go with the next one marked."""
         self._check_writable(stream)
         with self._gap_lock:
+            if len(self._gap_backlog) == self._gap_backlog.maxlen:
+                self.gaps_dropped += 1
+                log.warning("Redis has been away for %d gap markers: the oldest is dropped "
+                            "(%d so far)", self._gap_backlog.maxlen, self.gaps_dropped)
             self._gap_backlog.append((stream, mark))
             while self._gap_backlog:
                 s, m = self._gap_backlog[0]

@@ -211,6 +211,17 @@ class StreamPipeline:
         stored = await asyncio.to_thread(self.store.next_index, self.stream) if source.live else 0
         resume: int | None = None if stored else 0
         early: list[Gap] = []  # gaps seen before the first snippet fixed `resume`
+
+        async def onto_memory_clock(snip: Snippet) -> None:
+            nonlocal resume
+            if resume is None:  # the first snippet fixes the shift, for it and earlier gaps
+                resume = max(0, stored - snip.index)
+                for gap in early:
+                    await self._mark_gap(gap, resume)
+                early.clear()
+            if resume:
+                _shift(snip, resume)
+
         async for item in source.items():
             if isinstance(item, EndOfStream):
                 reason = item.reason
@@ -223,13 +234,7 @@ class StreamPipeline:
             if snippeter.wall_anchor is None and source.wall_anchor is not None:
                 snippeter.wall_anchor = source.wall_anchor
             for snip in snippeter.push(item):
-                if resume is None:
-                    resume = max(0, stored - snip.index)
-                    for gap in early:
-                        await self._mark_gap(gap, resume)
-                    early.clear()
-                if resume:
-                    _shift(snip, resume)
+                await onto_memory_clock(snip)
                 if await out.put(snip) is not None:
                     metrics.DROPS.labels(self.stream, "snippet").inc()
                 metrics.QUEUE_FILL.labels(self.stream, "snippets").set(len(out))
@@ -237,13 +242,7 @@ class StreamPipeline:
         if tail:
             tail[-1].last = True
         for snip in tail:
-            if resume is None:
-                resume = max(0, stored - snip.index)
-                for gap in early:
-                    await self._mark_gap(gap, resume)
-                early.clear()
-            if resume:
-                _shift(snip, resume)
+            await onto_memory_clock(snip)
             await out.put(snip)
         for gap in early:  # no snippet came after them: their times stand as they are
             await self._mark_gap(gap)
