@@ -10,7 +10,7 @@ import pytest
 
 from livesense.engines.text import TextEmbedder, shared_text_embedder
 from livesense.errors import QueryError
-from livesense.memory.index import PROJECT_AT, VectorIndex
+from livesense.memory.index import LISTS_AT, VectorIndex
 from livesense.memory.store import MemoryStore
 from livesense.records import Evidence, OcrLine, SnippetRecord, Word
 
@@ -153,7 +153,8 @@ def test_ask_says_when_nothing_matches(store: MemoryStore) -> None:
 
 
 def test_projected_first_pass_keeps_the_exact_ranking() -> None:
-    """Past PROJECT_AT tokens the first pass is projected; results match brute force."""
+    """Past LISTS_AT tokens the first pass scans the closest lists of projected tokens;
+    results match brute force."""
     emb = shared_text_embedder()
     said = [row[0] for row in CAM1 + CAM2 if row[0]]
     needles = emb.embed(said)
@@ -163,7 +164,7 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
         [f"The {t} near the {w} is {s}" for t in things for w in where for s in ("open", "closed")]
     )
     rng = np.random.default_rng(1)
-    n = PROJECT_AT // 2 + 4000  # two tokens a record: past PROJECT_AT tokens
+    n = LISTS_AT // 2 + 4000  # two tokens a record: past LISTS_AT tokens
     tokens = background[rng.integers(0, len(background), 2 * n)]
     tokens = tokens + rng.normal(0, 0.02, tokens.shape).astype(np.float32)
     tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
@@ -181,7 +182,7 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
             np.full(hi - lo, 2),
             tokens[2 * lo : 2 * hi],
         )
-    assert index.projected  # the first pass now runs on projected tokens
+    assert index.projected and index.lists > 0  # projected tokens in coarse lists
     queries = emb.embed(["a puppy was yelping", "trains to Italy", "where to find a cab", *said])
     exact = (tokens @ queries.T).reshape(n, 2, -1).max(axis=1)  # brute force: (n, queries)
     for j, q in enumerate(queries):
@@ -201,3 +202,21 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
         assert all(rid not in gone and (rid - 1) % 3 == planted[j] % 3 for rid, _ in got)
         if planted[j] + 1 not in gone:
             assert got[0][0] == planted[j] + 1
+    # records appended after the lists were sorted (an unsorted tail, then merged into the
+    # lists once it grows) are found as well
+    for lo in range(0, 8000, 1000):
+        batch = np.arange(lo, lo + 1000)
+        index.add_packed(
+            n + 1 + batch,
+            ["late"] * len(batch),
+            batch * 2.0,
+            batch * 2.0 + 2.0,
+            np.full(len(batch), 2),
+            tokens[2 * (n // 3) + 2 * lo : 2 * (n // 3) + 2 * lo + 2000],
+        )
+        for j, rid in enumerate(planted):
+            if n // 3 + lo <= rid < n // 3 + lo + 1000:  # its tokens again, as a late record
+                late = n + 1 + rid - n // 3
+                assert index.search(needles[j], top_k=1, stream="late")[0][0] == late
+                want = {late} | ({int(rid) + 1} - gone)
+                assert {r for r, _ in index.search(needles[j], top_k=len(want))} == want

@@ -11,7 +11,7 @@ import pytest
 from livesense.engines import text as text_module
 from livesense.engines.text import MAX_TOKENS, TextEmbedder, shared_text_embedder
 from livesense.memory import search
-from livesense.memory.index import matvec, to_float32
+from livesense.memory.index import VectorIndex, matvec, to_float32
 from livesense.memory.lexical import match_terms, query_terms
 from livesense.memory.text_tables import TEXT_RECORDS, TEXT_TABLES, index_text, text_columns
 
@@ -47,7 +47,7 @@ def test_fused_scores_equal_matching_every_text_in_python() -> None:
         q = " ".join(rng.sample(QUERIES, rng.randint(1, 3)))
         terms = query_terms(q)
         weights = [rng.uniform(0.5, 5.0) for _ in terms] if len(terms) > 1 else []
-        got = search._fuse(conn, terms, weights, dense, set(norms), len(norms))
+        got = search._fuse(search.sql_texts(conn), terms, weights, dense, set(norms), len(norms))
         want = sorted(
             (-search.hybrid_score(dense[r], *match_terms(terms, n, weights or None)), r)
             for r, n in norms.items()
@@ -56,7 +56,7 @@ def test_fused_scores_equal_matching_every_text_in_python() -> None:
         checked += sum(1 for n in norms.values() if match_terms(terms, n)[0] > 0)
     assert checked > 1000  # many texts held some term
     # '9' inside '19' and 'q109' inside 'gateq109' vs 'b52' inside 'b520': the digit rule
-    glued = text_db(["GATEB520", "gateq109", "PLATFORM19"])
+    glued = search.sql_texts(text_db(["GATEB520", "gateq109", "PLATFORM19"]))
     one = {1: 0.0, 2: 0.0, 3: 0.0}
     scores = dict(search._fuse(glued, query_terms("b52"), [], one, set(one), 3))
     assert scores[1] == 0.0  # 'b52' only inside 'b520': the number goes on
@@ -64,6 +64,36 @@ def test_fused_scores_equal_matching_every_text_in_python() -> None:
     assert scores[2] == search.hybrid_score(0.0, 0.6, True)
     # a candidate without a stored row is left out
     assert [r for r, _ in search._fuse(glued, query_terms("rome"), [], {9: 0.9}, {9}, 5)] == []
+
+
+def test_fusing_from_the_index_texts_equals_reading_them() -> None:
+    """The in-memory index holds each record's normalised text: fusing from it gives what
+    reading the texts from SQLite gives, and removed records are left out alike."""
+    rng = random.Random(6)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(0, 6))) for _ in range(200)]
+    conn = text_db(texts)
+    index = VectorIndex(4)
+    for rid, norm in conn.execute("SELECT id, norm FROM records"):
+        index.add(rid, np.ones((1, 4), np.float32), "cam1", 0.0, 1.0, norm)
+    gone = set(range(1, 201, 7))
+    index.remove(gone)
+    conn.executemany("DELETE FROM records WHERE id = ?", [(r,) for r in gone])
+    dense = {rid: rng.uniform(-0.1, 0.9) for rid in range(1, 201)}
+    for _ in range(50):
+        terms = query_terms(" ".join(rng.sample(QUERIES, rng.randint(1, 3))))
+        want = search._fuse(search.sql_texts(conn), terms, [], dense, set(dense), 10)
+        got = search._fuse(index.texts, terms, [], dense, set(dense), 10)
+        assert got == want and not {r for r, _ in got} & gone
+
+
+def test_document_frequencies_are_reused_while_the_memory_changes_little() -> None:
+    conn = text_db(["rome desk", "rome", "milan"])
+    freqs = search.DocFreqs()
+    assert freqs.get(conn, {"rome", "milan", "paris"}, 3) == {"rome": 2, "milan": 1, "paris": 0}
+    conn.execute("INSERT INTO records(id, lex, norm, skey) VALUES (4, 'rome', 'rome', 'x')")
+    index_text(conn, 4, "rome", "rome", "x")
+    assert freqs.get(conn, {"rome"}, 3) == {"rome": 2}  # the same memory size: kept
+    assert freqs.get(conn, {"rome"}, 4) == {"rome": 3}  # a third bigger: looked up again
 
 
 def test_lookup_weights_equal_the_vocabulary_ones() -> None:

@@ -1,16 +1,23 @@
 """VectorIndex: the dense side of search, every stored token in memory as numpy matrices.
 
 A record's dense score is the max over its tokens of the cosine with the query. The first
-pass scores every token with one matrix-vector product; the records owning the best few
-hundred tokens are then re-scored exactly from their tokens (kept as float16 to halve
-memory). Past PROJECT_AT tokens the first pass runs on the tokens projected on their top
-PROJECT_DIM principal axes (fitted on a sample, refitted as the index doubles): a quarter of
-the memory traffic, and nearly the same final ranking once re-scored exactly (at 100k
-synthetic moments the 5th best score found was at most 0.014 below the true 5th best).
+pass scores tokens with matrix-vector products; the records owning the best few hundred tokens
+are then re-scored exactly from their tokens (kept as float16 to halve memory).
+
+The first pass changes as the index grows, in fits redone as it doubles:
+- past PROJECT_AT tokens it runs on the tokens projected on their top PROJECT_DIM principal
+  axes, a quarter of the memory traffic;
+- past LISTS_AT tokens the projected tokens are also partitioned into coarse lists by k-means
+  (an inverted file, as in faiss's IVF) and kept sorted by list, and a search scans only the
+  lists whose centroids are closest to the query, about PROBE_SHARE of the tokens, plus the
+  tokens appended since the last sort (merged into the lists once they pass RESORT_SHARE).
+The exact re-scoring keeps the scores true; what the first pass can miss is a record whose
+best token sits in a list far from the query, which the tests and the benchmark measure
+against brute force.
 
 Rows are appended as records arrive and dropped on consolidation. A search reads a snapshot
 of the arrays taken under a short lock: appends never wait for a search, and a search never
-waits for more than an append.
+waits for more than an append. Fits and sorts build new arrays outside the lock.
 """
 
 from __future__ import annotations
@@ -28,20 +35,30 @@ RERANK = 256
 """Best first-pass tokens whose records are re-scored exactly (full-dimension first pass)."""
 RERANK_PROJECTED = 512
 """Best first-pass tokens whose records are re-scored exactly (projected first pass)."""
-PROJECT_AT = 50_000  # tokens held before the first pass is projected
+PROJECT_AT = 8192  # tokens held before the first pass is projected
+LISTS_AT = 50_000  # tokens held before the projected tokens are partitioned in lists
 PROJECT_DIM = 96
 FIT_SAMPLE = 8192  # tokens the projection is fitted on
+LISTS_MIN, LISTS_MAX = 64, 1024  # coarse lists: about sqrt(tokens), within these bounds
+KMEANS_SAMPLE = 32  # tokens per list the centroids are trained on
+KMEANS_ROUNDS = 10
+PROBE_SHARE = 1 / 12  # share of the sorted tokens a search scans, closest lists first
+PROBE_MIN = 12  # lists scanned at least
+RESORT_SHARE = 1 / 12  # the unsorted tail is merged into the lists past this share
+GATHER_COST = 4  # a filter's token, gathered, costs as much as this many scanned in a list
 
 
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
-    """What the index keeps of a record: its id, tokens (K, D), stream and time span."""
+    """What the index keeps of a record: its id, tokens (K, D), stream, time span and
+    normalised text (what fusion matches query words in)."""
 
     rid: int
     tokens: np.ndarray
     stream: str
     start: float
     end: float
+    text: str = ""
 
 
 def pool(tokens: np.ndarray) -> np.ndarray:
@@ -55,21 +72,30 @@ def pool(tokens: np.ndarray) -> np.ndarray:
 
 @dataclass(slots=True)
 class _Arrays:
-    """Per record (cap rows) and per token (tcap rows) arrays; rows of a record's tokens are
-    contiguous and in record order, and every record has at least one token row."""
+    """Per record (cap rows), per token row (tcap rows) and per first-pass position (tcap)
+    arrays. A record's token rows are contiguous and in record order, and every record has
+    at least one. Positions [0, sorted_n) of the first pass hold token rows [0, sorted_n)
+    sorted by coarse list; positions from sorted_n on are the token rows of the same number."""
 
     rids: np.ndarray  # int64 (cap,)
     stream: np.ndarray  # int32 (cap,)
     start: np.ndarray  # float64 (cap,)
     end: np.ndarray  # float64 (cap,)
     alive: np.ndarray  # bool (cap,)
+    text: np.ndarray  # object (cap,) normalised text
     toff: np.ndarray  # int64 (cap,) first token row
     tlen: np.ndarray  # int32 (cap,) token rows
     trec: np.ndarray  # int64 (tcap,) record row of each token row
+    tpos: np.ndarray  # int64 (tcap,) first-pass position of each token row
     tokens: np.ndarray  # float16 (tcap, D): exact re-scoring
-    first: np.ndarray  # float32 (tcap, D or PROJECT_DIM): first pass
+    first: np.ndarray  # float32 (tcap, D or PROJECT_DIM): first pass, by position
+    frec: np.ndarray  # int64 (tcap,) record row of each position
+    flist: np.ndarray  # int16 (tcap,) coarse list of each position (0 before the fit)
     mean: np.ndarray | None = None  # float32 (D,), with basis: the projection
     basis: np.ndarray | None = None  # float32 (D, PROJECT_DIM)
+    centroids: np.ndarray | None = None  # float32 (lists, PROJECT_DIM)
+    bounds: np.ndarray | None = None  # int64 (lists + 1,): list c is [bounds[c], bounds[c+1])
+    sorted_n: int = 0
 
     def to_first(self, tokens: np.ndarray) -> np.ndarray:
         t = tokens.astype(np.float32)
@@ -80,6 +106,35 @@ class _Arrays:
     def query(self, q: np.ndarray) -> np.ndarray:
         """The query in first-pass space (the mean's share is the same for every token)."""
         return q if self.basis is None else np.ascontiguousarray(q @ self.basis)
+
+    def assign(self, first: np.ndarray) -> np.ndarray:
+        """The nearest centroid of each first-pass vector (zeros before the fit)."""
+        if self.centroids is None:
+            return np.zeros(len(first), np.int16)
+        return nearest(first, self.centroids)
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest centroid (squared L2), as int16, in bounded chunks."""
+    half = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
+    out = np.empty(len(x), np.int16)
+    for k in range(0, len(x), 16384):
+        out[k : k + 16384] = np.argmax(x[k : k + 16384] @ centroids.T - half, axis=1)
+    return out
+
+
+def kmeans(x: np.ndarray, k: int, rounds: int = KMEANS_ROUNDS, seed: int = 0) -> np.ndarray:
+    """k centroids of the rows of x by Lloyd's rounds; an emptied list takes a random row."""
+    rng = np.random.default_rng(seed)
+    c = x[rng.choice(len(x), k, replace=False)].copy()
+    for _ in range(rounds):
+        label = nearest(x, c).astype(np.int64)
+        counts = np.bincount(label, minlength=k)
+        sums = np.stack([np.bincount(label, x[:, j], k) for j in range(x.shape[1])], axis=1)
+        empty = counts == 0
+        c[~empty] = sums[~empty] / counts[~empty, None]
+        c[empty] = x[rng.choice(len(x), int(empty.sum()), replace=False)]
+    return np.ascontiguousarray(c, np.float32)
 
 
 def matvec(m: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -113,15 +168,60 @@ def _empty(cap: int, tcap: int, dim: int, fdim: int | None = None) -> _Arrays:
         start=np.zeros(cap, np.float64),
         end=np.zeros(cap, np.float64),
         alive=np.zeros(cap, bool),
+        text=np.full(cap, "", object),
         toff=np.zeros(cap, np.int64),
         tlen=np.zeros(cap, np.int32),
         trec=np.zeros(tcap, np.int64),
+        tpos=np.zeros(tcap, np.int64),
         tokens=np.zeros((tcap, dim), np.float16),
         first=np.zeros((tcap, fdim or dim), np.float32),
+        frec=np.zeros(tcap, np.int64),
+        flist=np.zeros(tcap, np.int16),
     )
 
 
-_RECORD_FIELDS = ("rids", "stream", "start", "end", "alive", "toff", "tlen")
+_RECORD_FIELDS = ("rids", "stream", "start", "end", "alive", "text", "toff", "tlen")
+_TOKEN_FIELDS = ("trec", "tpos", "tokens", "first", "frec", "flist")
+_FIT_FIELDS = ("mean", "basis", "centroids", "bounds", "sorted_n")
+
+
+def _sorted_by_list(a: _Arrays, tn: int) -> _Arrays:
+    """a's first pass with positions [0, tn) sorted by list (new arrays; a is not changed)."""
+    order = np.argsort(a.flist[:tn], kind="stable")
+    inverse = np.empty(tn, np.int64)
+    inverse[order] = np.arange(tn)
+    first = np.zeros_like(a.first)
+    first[:tn] = a.first[:tn][order]
+    frec = np.zeros_like(a.frec)
+    frec[:tn] = a.frec[:tn][order]
+    flist = np.zeros_like(a.flist)
+    flist[:tn] = a.flist[:tn][order]
+    tpos = np.zeros_like(a.tpos)
+    tpos[:tn] = inverse[a.tpos[:tn]]
+    assert a.centroids is not None
+    counts = np.bincount(flist[:tn].astype(np.int64), minlength=len(a.centroids))
+    bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return dataclasses.replace(
+        a, first=first, frec=frec, flist=flist, tpos=tpos, bounds=bounds, sorted_n=tn
+    )
+
+
+def _append_tail(b: _Arrays, new: _Arrays, lo: int, hi: int) -> None:
+    """Copy b's token rows [lo, hi), appended in b after `new` was built from b, into new's
+    unsorted tail (positions = token rows there)."""
+    if hi <= lo:
+        return
+    rows = np.arange(lo, hi)
+    new.trec[lo:hi] = b.trec[lo:hi]
+    new.tokens[lo:hi] = b.tokens[lo:hi]
+    new.tpos[lo:hi] = rows
+    new.frec[lo:hi] = b.trec[lo:hi]
+    if new.basis is b.basis:
+        new.first[lo:hi] = b.first[b.tpos[lo:hi]]
+        new.flist[lo:hi] = b.flist[b.tpos[lo:hi]]
+    else:
+        new.first[lo:hi] = new.to_first(b.tokens[lo:hi])
+        new.flist[lo:hi] = new.assign(new.first[lo:hi])
 
 
 class VectorIndex:
@@ -135,6 +235,7 @@ class VectorIndex:
         self._tn = 0  # token rows used
         self._dead = 0
         self._row: dict[int, int] = {}
+        self._ascending = True  # record ids were appended in increasing order
         self._streams: dict[str, int] = {}
         self._fitted_at = 0  # token rows when the projection was last fitted
         self._fit_lock = threading.Lock()
@@ -150,8 +251,16 @@ class VectorIndex:
         """Whether the first pass runs on projected tokens."""
         return self._a.basis is not None
 
-    def add(self, rid: int, tokens: np.ndarray, stream: str, start: float, end: float) -> None:
-        self.add_many([IndexEntry(rid, tokens, stream, start, end)])
+    @property
+    def lists(self) -> int:
+        """Coarse lists of the first pass (0: every token is scanned)."""
+        c = self._a.centroids
+        return 0 if c is None else len(c)
+
+    def add(
+        self, rid: int, tokens: np.ndarray, stream: str, start: float, end: float, text: str = ""
+    ) -> None:
+        self.add_many([IndexEntry(rid, tokens, stream, start, end, text)])
 
     def add_many(self, entries: Sequence[IndexEntry]) -> None:
         """Append records (an id already held is replaced)."""
@@ -171,6 +280,7 @@ class VectorIndex:
             np.array([e.end for e in entries], np.float64),
             np.array([len(e.tokens) for e in entries], np.int64),
             np.concatenate([e.tokens for e in entries]).astype(np.float32),
+            texts=[e.text for e in entries],
         )
 
     def add_packed(
@@ -182,9 +292,11 @@ class VectorIndex:
         lens: np.ndarray,
         tokens: np.ndarray,
         *,
+        texts: Sequence[str] | None = None,
         fit: bool = True,
     ) -> None:
-        """Append new records at once; tokens (sum(lens), D) are their rows in order.
+        """Append new records at once; tokens (sum(lens), D) are their rows in order, texts
+        their normalised texts.
 
         The fast path for loading a stored memory (ids must not be held yet); a loader
         passes fit=False and calls maybe_fit() once at the end.
@@ -210,14 +322,22 @@ class VectorIndex:
             a.stream[rows] = [self._stream_code(s) for s in streams]
             a.start[rows] = starts
             a.end[rows] = ends
+            if texts is not None:
+                a.text[rows] = texts
             a.tlen[rows] = lens
             a.toff[rows] = self._tn + np.cumsum(lens) - lens
             a.trec[trows] = np.repeat(np.arange(self._n, self._n + k), lens)
+            a.tpos[trows] = np.arange(self._tn, self._tn + total)  # the unsorted tail
+            a.frec[trows] = a.trec[trows]
             a.tokens[trows] = tokens
             a.first[trows] = a.to_first(tokens)
+            a.flist[trows] = a.assign(a.first[trows])
             a.alive[rows] = True  # last: a concurrent search sees a row only when complete
-            for i, rid in enumerate(np.asarray(rids).tolist()):
-                self._row[int(rid)] = self._n + i
+            ids = np.asarray(rids, np.int64)
+            if (self._n and ids[0] <= a.rids[self._n - 1]) or (np.diff(ids) <= 0).any():
+                self._ascending = False
+            for i, rid in enumerate(ids.tolist()):
+                self._row[rid] = self._n + i
             self._n += k
             self._tn += total
         if fit:
@@ -238,6 +358,7 @@ class VectorIndex:
             self._a = _empty(1024, 4096, self.dim)
             self._n = self._tn = self._dead = self._fitted_at = 0
             self._row.clear()
+            self._ascending = True
 
     def _remove_locked(self, rids: Iterable[int]) -> int:
         dropped = 0
@@ -268,10 +389,10 @@ class VectorIndex:
         m, tm = self._n, self._tn
         for name in _RECORD_FIELDS:
             getattr(b, name)[:m] = getattr(a, name)[:m]
-        b.tokens[:tm] = a.tokens[:tm]
-        b.first[:tm] = a.first[:tm]
-        b.trec[:tm] = a.trec[:tm]
-        b.mean, b.basis = a.mean, a.basis
+        for name in _TOKEN_FIELDS:
+            getattr(b, name)[:tm] = getattr(a, name)[:tm]
+        for name in _FIT_FIELDS:
+            setattr(b, name, getattr(a, name))
         self._a = b  # searches holding the old arrays keep reading a consistent snapshot
 
     def _compact(self) -> None:
@@ -284,44 +405,92 @@ class VectorIndex:
         )
         for name in _RECORD_FIELDS:
             getattr(b, name)[: len(keep)] = getattr(a, name)[keep]
+        for name in _FIT_FIELDS:
+            setattr(b, name, getattr(a, name))
         src = _token_rows(a.toff[keep], lens)
         b.tokens[:total] = a.tokens[src]
-        b.first[:total] = a.first[src]
+        b.first[:total] = a.first[a.tpos[src]]
+        b.flist[:total] = a.flist[a.tpos[src]]
         b.toff[: len(keep)] = np.cumsum(lens) - lens
-        b.trec[:total] = np.repeat(np.arange(len(keep)), lens)
-        b.mean, b.basis = a.mean, a.basis
+        b.trec[:total] = b.frec[:total] = np.repeat(np.arange(len(keep)), lens)
+        b.tpos[:total] = np.arange(total)
+        b.sorted_n = 0
+        if b.centroids is not None:
+            b = _sorted_by_list(b, total)
         self._a = b
         self._n, self._tn, self._dead = len(keep), total, 0
         self._row = {int(r): i for i, r in enumerate(b.rids[: self._n])}
 
     def maybe_fit(self) -> None:
-        """Fit (or refit, once the tokens doubled) the projection of the first pass."""
-        if self._tn < PROJECT_AT or (self._fitted_at and self._tn < 2 * self._fitted_at):
+        """Fit (or refit, once the tokens doubled) the projection and the coarse lists of the
+        first pass; or merge a long unsorted tail into the lists."""
+        tn = self._tn
+        a = self._a
+        fit = tn >= PROJECT_AT and (
+            not self._fitted_at or tn >= 2 * self._fitted_at or (tn >= LISTS_AT > self._fitted_at)
+        )
+        resort = a.centroids is not None and tn - a.sorted_n > RESORT_SHARE * max(a.sorted_n, 1)
+        if not (fit or resort):
             return
         if not self._fit_lock.acquire(blocking=False):
             return  # another thread is fitting
         try:
-            a, _, tn = self._snapshot()
-            rng = np.random.default_rng(0)
-            pick = np.sort(rng.choice(tn, min(FIT_SAMPLE, tn), replace=False))
-            sample = a.tokens[pick].astype(np.float32)
-            mean = sample.mean(axis=0).astype(np.float32)
-            centred = (sample - mean).astype(np.float64)
-            _, vecs = np.linalg.eigh(centred.T @ centred)  # principal axes, ascending
-            basis = np.ascontiguousarray(vecs[:, ::-1][:, :PROJECT_DIM], np.float32)
-            fitted = dataclasses.replace(a, mean=mean, basis=basis)
-            first = np.zeros((len(a.tokens), PROJECT_DIM), np.float32)
-            first[:tn] = fitted.to_first(a.tokens[:tn])  # the long part, outside the lock
-            with self._lock:
-                b = self._a
-                if b.tokens is not a.tokens:  # regrown or compacted meanwhile: redo it all
-                    first = np.zeros((len(b.tokens), PROJECT_DIM), np.float32)
-                    tn = 0
-                first[tn : self._tn] = fitted.to_first(b.tokens[tn : self._tn])
-                self._a = dataclasses.replace(b, first=first, mean=fitted.mean, basis=fitted.basis)
-                self._fitted_at = self._tn
+            if fit:
+                self._fit()
+            else:
+                self._resort()
         finally:
             self._fit_lock.release()
+
+    def _fit(self) -> None:
+        a, _, tn = self._snapshot()
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.choice(tn, min(FIT_SAMPLE, tn), replace=False))
+        sample = a.tokens[pick].astype(np.float32)
+        mean = sample.mean(axis=0).astype(np.float32)
+        centred = (sample - mean).astype(np.float64)
+        _, vecs = np.linalg.eigh(centred.T @ centred)  # principal axes, ascending
+        basis = np.ascontiguousarray(vecs[:, ::-1][:, :PROJECT_DIM], np.float32)
+        centroids = None
+        if tn >= LISTS_AT:
+            lists = int(np.clip(round(tn**0.5), LISTS_MIN, LISTS_MAX))
+            projected = dataclasses.replace(a, mean=mean, basis=basis)
+            pick = np.sort(rng.choice(tn, min(KMEANS_SAMPLE * lists, tn), replace=False))
+            centroids = kmeans(projected.to_first(a.tokens[pick]), lists)
+        with self._lock:
+            b = self._a
+            if b.tokens is not a.tokens:  # regrown or compacted meanwhile: refit from b
+                a, tn = b, self._tn
+        # the long part, outside the lock: every token row projected, assigned and sorted
+        new = _empty(len(a.rids), len(a.tokens), self.dim, PROJECT_DIM)
+        for name in (*_RECORD_FIELDS, "trec", "tokens"):
+            setattr(new, name, getattr(a, name))  # shared: rows change only under the lock
+        new.mean, new.basis, new.centroids = mean, basis, centroids
+        new.frec[:tn] = a.trec[:tn]
+        new.tpos[:tn] = np.arange(tn)
+        for k in range(0, tn, 65536):
+            part = slice(k, min(tn, k + 65536))
+            new.first[part] = new.to_first(a.tokens[part])
+            new.flist[part] = new.assign(new.first[part])
+        if centroids is not None:
+            new = _sorted_by_list(new, tn)
+        with self._lock:
+            b = self._a
+            if b.tokens is not a.tokens:
+                return  # regrown or compacted again: the next append retries
+            _append_tail(b, new, tn, self._tn)
+            self._a = new
+            self._fitted_at = self._tn
+
+    def _resort(self) -> None:
+        a, _, tn = self._snapshot()
+        new = _sorted_by_list(a, tn)
+        with self._lock:
+            b = self._a
+            if b.first is not a.first:
+                return  # regrown, compacted or refitted meanwhile: the next append retries
+            _append_tail(b, new, tn, self._tn)
+            self._a = new
 
     def _snapshot(self) -> tuple[_Arrays, int, int]:
         with self._lock:
@@ -342,6 +511,27 @@ class VectorIndex:
         if end is not None:
             mask &= a.start[:n] <= end
         return mask
+
+    @staticmethod
+    def _probe(a: _Arrays, qf: np.ndarray, tn: int) -> list[tuple[int, int]]:
+        """Position ranges a full search scans: the closest lists (about PROBE_SHARE of the
+        sorted tokens, PROBE_MIN lists at least) and the unsorted tail."""
+        if a.centroids is None or a.bounds is None or a.sorted_n == 0:
+            return [(0, tn)]
+        sizes = np.diff(a.bounds)
+        order = np.argsort(-matvec(a.centroids, qf))
+        reach = np.cumsum(sizes[order])
+        k = max(PROBE_MIN, int(np.searchsorted(reach, PROBE_SHARE * a.sorted_n)) + 1)
+        ranges: list[tuple[int, int]] = []
+        for c in np.sort(order[:k]).tolist():  # neighbouring lists make one range
+            lo, hi = int(a.bounds[c]), int(a.bounds[c + 1])
+            if ranges and ranges[-1][1] == lo:
+                ranges[-1] = (ranges[-1][0], hi)
+            elif hi > lo:
+                ranges.append((lo, hi))
+        if tn > a.sorted_n:
+            ranges.append((a.sorted_n, tn))
+        return ranges
 
     def search(
         self,
@@ -368,23 +558,50 @@ class VectorIndex:
         qf = a.query(q)
         if rerank is None:
             rerank = RERANK if a.basis is None else RERANK_PROJECTED
-        if valid * 3 < n:  # few records pass the filters: score only their tokens
-            subset = np.flatnonzero(mask)
+        subset = np.flatnonzero(mask) if valid < n else None
+        vals = owner = None
+        if subset is None or (
+            a.centroids is not None
+            and GATHER_COST * int(a.tlen[subset].sum())
+            > PROBE_SHARE * a.sorted_n + tn - a.sorted_n
+        ) or (a.centroids is None and valid * 3 >= n):
+            # the closest lists (or every token); filters apply to what they hold
+            ranges = self._probe(a, qf, tn)
+            vals = np.concatenate([matvec(a.first[lo:hi], qf) for lo, hi in ranges])
+            owner = np.concatenate([a.frec[lo:hi] for lo, hi in ranges])
+            if subset is not None:
+                keep = mask[owner]
+                vals, owner = vals[keep], owner[keep]
+                if len(vals) < top_k:  # the lists held too few that pass: score them all
+                    vals = owner = None
+        if vals is None or owner is None:  # few tokens pass the filters: score them all
+            assert subset is not None
             trows = _token_rows(a.toff[subset], a.tlen[subset])
-            vals = matvec(a.first[trows], qf)
-        else:
-            trows = None
-            vals = matvec(a.first[:tn], qf)
-            if valid < n:
-                vals[~mask[a.trec[:tn]]] = -np.inf
+            vals = matvec(np.take(a.first, a.tpos[trows], axis=0), qf)
+            owner = a.trec[trows]
         # the records owning the best tokens: the best records by their best token
         m = min(len(vals), max(rerank, 4 * top_k))
         best = np.argpartition(vals, len(vals) - m)[len(vals) - m :]
         best = best[np.isfinite(vals[best])]
-        rows = np.unique(a.trec[best if trows is None else trows[best]])
+        rows = np.unique(owner[best])
         exact = self._exact(a, rows, q)
         order = np.lexsort((a.rids[rows], -exact))[:top_k]
         return [(int(a.rids[rows[i]]), float(exact[i])) for i in order]
+
+    def _held(self, rids: Iterable[int]) -> tuple[_Arrays, np.ndarray, np.ndarray]:
+        """(snapshot, ids, their rows) of the given ids that are held, in order. While ids
+        were appended in increasing order a binary search finds them, else the dict does."""
+        if self._ascending:
+            a, n, _ = self._snapshot()
+            ids = np.fromiter(rids, np.int64)
+            rows = np.minimum(np.searchsorted(a.rids[:n], ids), max(n - 1, 0))
+            ok = (a.rids[rows] == ids) & a.alive[rows] if n else np.zeros(len(ids), bool)
+            return a, ids[ok], rows[ok]
+        with self._lock:
+            a = self._a
+            pairs = [(rid, self._row[rid]) for rid in rids if rid in self._row]
+        ids = np.array([rid for rid, _ in pairs], np.int64)
+        return a, ids, np.array([row for _, row in pairs], np.int64)
 
     def select(
         self,
@@ -395,12 +612,9 @@ class VectorIndex:
         end: float | None = None,
     ) -> list[int]:
         """The ids, in order, that are held and pass the stream and time filters."""
-        with self._lock:
-            a = self._a
-            pairs = [(rid, self._row[rid]) for rid in rids if rid in self._row]
-        if not pairs:
+        a, ids, rows = self._held(rids)
+        if len(rows) == 0:
             return []
-        rows = np.array([row for _, row in pairs], np.int64)
         keep = a.alive[rows].copy()
         if stream is not None:
             code = self._streams.get(stream)
@@ -411,7 +625,12 @@ class VectorIndex:
             keep &= (a.end[rows] > start) | (a.start[rows] >= start)
         if end is not None:
             keep &= a.start[rows] <= end
-        return [rid for (rid, _), k in zip(pairs, keep.tolist(), strict=True) if k]
+        return ids[keep].tolist()
+
+    def texts(self, rids: Iterable[int]) -> list[tuple[int, str]]:
+        """(id, normalised text) of the given records that are held."""
+        a, ids, rows = self._held(rids)
+        return list(zip(ids.tolist(), a.text[rows].tolist(), strict=True))
 
     def span(
         self, *, stream: str | None = None, start: float | None = None, end: float | None = None
@@ -426,14 +645,11 @@ class VectorIndex:
 
     def scores(self, q: np.ndarray, rids: Iterable[int]) -> dict[int, float]:
         """Exact max-over-tokens cosine for the given records (ids not held are left out)."""
-        with self._lock:
-            a = self._a
-            pairs = [(rid, self._row[rid]) for rid in rids if rid in self._row]
-        if not pairs:
+        a, ids, rows = self._held(rids)
+        if len(rows) == 0:
             return {}
-        rows = np.array([row for _, row in pairs], np.int64)
         exact = self._exact(a, rows, np.ascontiguousarray(q, np.float32))
-        return {rid: float(s) for (rid, _), s in zip(pairs, exact, strict=True)}
+        return dict(zip(ids.tolist(), exact.tolist(), strict=True))
 
     @staticmethod
     def _exact(a: _Arrays, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -441,7 +657,7 @@ class VectorIndex:
         if len(rows) == 0:
             return np.zeros(0, np.float32)
         lens = a.tlen[rows].astype(np.int64)
-        vals = matvec(to_float32(a.tokens[_token_rows(a.toff[rows], lens)]), q)
+        vals = matvec(to_float32(np.take(a.tokens, _token_rows(a.toff[rows], lens), axis=0)), q)
         return np.maximum.reduceat(vals, np.cumsum(lens) - lens)
 
 

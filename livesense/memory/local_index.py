@@ -23,7 +23,7 @@ import numpy as np
 from livesense.engines.text import DIM
 from livesense.memory.index import IndexEntry, VectorIndex
 from livesense.memory.lexical import Term, match_terms, query_terms
-from livesense.memory.search import Scope, hybrid_score, lexical_candidates, rank
+from livesense.memory.search import DocFreqs, Scope, hybrid_score, lexical_candidates, rank
 from livesense.memory.text_tables import (
     TEXT_RECORDS,
     TEXT_TABLES,
@@ -60,6 +60,7 @@ class LocalIndex:
         self._key: dict[int, tuple[str, int]] = {}
         self._by_stream: dict[str, set[int]] = {}
         self._next = 1
+        self._doc_freqs = DocFreqs()
 
     def __len__(self) -> int:
         return len(self._key)
@@ -76,9 +77,7 @@ class LocalIndex:
         """Add or replace the record (stream, index)."""
         self.put_many(stream, [(index, start, end, tokens, lex)])
 
-    def put_many(
-        self, stream: str, rows: list[tuple[int, float, float, np.ndarray, str]]
-    ) -> None:
+    def put_many(self, stream: str, rows: list[tuple[int, float, float, np.ndarray, str]]) -> None:
         """Add or replace records (index, start, end, tokens, lex) of one stream at once."""
         if not rows:
             return
@@ -99,7 +98,7 @@ class LocalIndex:
                     index_text(self._db, rid, lex, norm, skey)
                     if self.dense:
                         vecs = np.asarray(tokens, np.float32).reshape(-1, DIM)
-                        entries.append(IndexEntry(rid, vecs, stream, start, end))
+                        entries.append(IndexEntry(rid, vecs, stream, start, end, norm))
                     else:
                         self._span[rid] = (float(start), float(end))
                     self._rid[(stream, int(index))] = rid
@@ -149,8 +148,8 @@ class LocalIndex:
         with self._lock:
             ranked = rank(
                 self._db, self.vectors, qvec, query, stream=stream, start=start, end=end,
-                top_k=top_k,
-            )
+                top_k=top_k, texts=self.vectors.texts, doc_freqs=self._doc_freqs,
+            )  # fmt: skip
             return [(*self._key[rid], score) for rid, score in ranked if rid in self._key]
 
     def lexical(
@@ -180,7 +179,9 @@ class LocalIndex:
                     return [rid for rid in ids if self._passes(rid, None, start, end)]
 
                 scope = Scope(None, 0, self._next, keep)
-            ids, weights = lexical_candidates(self._db, terms, len(self._key), scope=scope)
+            ids, weights = lexical_candidates(
+                self._db, terms, len(self._key), scope=scope, doc_freqs=self._doc_freqs
+            )
             texts = self._texts(ids)
         return Lexical(terms, weights, texts)
 

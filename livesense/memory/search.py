@@ -26,7 +26,9 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +145,41 @@ def _doc_freq(conn: sqlite3.Connection, words: set[str]) -> dict[str, int]:
     return {str(t): int(d) for t, d in conn.execute(sql, sorted(words))}
 
 
+class DocFreqs:
+    """Words' document frequencies, kept while the memory changes size by under STALE.
+
+    FTS5 counts a word's documents by walking its whole list of rows (0.7 ms for a word in 12k
+    of 100k moments), where a search engine's term dictionary holds the count. A word's idf
+    moves little while the corpus changes by a few percent, so a count is reused until then.
+    """
+
+    STALE = 0.05
+    SIZE = 8192
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()  # word -> (df, n)
+        self._lock = threading.Lock()
+
+    def get(self, conn: sqlite3.Connection, words: set[str], n: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self._lock:
+            for w in words:
+                seen = self._seen.get(w)
+                if seen is not None and abs(n - seen[1]) <= self.STALE * max(seen[1], 1):
+                    out[w] = seen[0]
+                    self._seen.move_to_end(w)
+        missing = words - out.keys()
+        found = _doc_freq(conn, missing)
+        with self._lock:
+            for w in missing:
+                out[w] = found.get(w, 0)
+                self._seen[w] = (out[w], n)
+                self._seen.move_to_end(w)
+            while len(self._seen) > self.SIZE:
+                self._seen.popitem(last=False)
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """Where a filtered search looks: one stream (or all), the id span of the records that
@@ -160,6 +197,7 @@ def lexical_candidates(
     n: int,
     *,
     scope: Scope | None = None,
+    doc_freqs: DocFreqs | None = None,
 ) -> tuple[set[int], list[float]]:
     """(row ids worth scoring, idf weight of each term) for the lexical side. A word's
     trigram (inside glued text) matches are looked up only when its word matches are few: a
@@ -184,7 +222,8 @@ def lexical_candidates(
         return ids, [1.0]
     all_words = {p for t in terms for p in t.parts} | {t.joined for t in terms}
     df = dict(exact_df)
-    df.update(_doc_freq(conn, all_words - exact_df.keys()))
+    rest = all_words - exact_df.keys()
+    df.update(_doc_freq(conn, rest) if doc_freqs is None else doc_freqs.get(conn, rest, n))
     weights = []
     for t in terms:
         d = min(df.get(p, 0) for p in t.parts)
@@ -205,8 +244,11 @@ def rank(
     start: float | None = None,
     end: float | None = None,
     top_k: int = 5,
+    texts: Texts | None = None,
+    doc_freqs: DocFreqs | None = None,
 ) -> list[tuple[int, float]]:
-    """(row id, hybrid score) of the best moments, highest first, ties by row id."""
+    """(row id, hybrid score) of the best moments, highest first, ties by row id. `texts`
+    gives candidates' normalised texts (default: read from conn's records table)."""
     terms = query_terms(query)
     dense = dict(
         index.search(
@@ -226,15 +268,33 @@ def rank(
 
             scope = Scope(stream, span[0], span[1], keep)
         if span[0] <= span[1]:
-            lex_ids, weights = lexical_candidates(conn, terms, len(index), scope=scope)
+            lex_ids, weights = lexical_candidates(
+                conn, terms, len(index), scope=scope, doc_freqs=doc_freqs
+            )
     missing = [rid for rid in lex_ids if rid not in dense]
     if missing:
         dense.update(index.scores(qvec, missing))
-    return _fuse(conn, terms, weights, dense, set(dense) | lex_ids, top_k)
+    return _fuse(texts or sql_texts(conn), terms, weights, dense, set(dense) | lex_ids, top_k)
+
+
+Texts = Callable[[list[int]], Iterable[tuple[int, str]]]
+"""(row id, normalised text) of the stored rows among the given ids."""
+
+
+def sql_texts(conn: sqlite3.Connection) -> Texts:
+    """Texts read from a records table with columns id and norm."""
+
+    def read(ids: list[int]) -> Iterable[tuple[int, str]]:
+        for k in range(0, len(ids), 900):  # SQLite's parameter limit (999 in old builds)
+            chunk = ids[k : k + 900]
+            marks = ",".join("?" * len(chunk))
+            yield from conn.execute(f"SELECT id, norm FROM records WHERE id IN ({marks})", chunk)
+
+    return read
 
 
 def _fuse(
-    conn: sqlite3.Connection,
+    texts: Texts,
     terms: list[Term],
     weights: list[float],
     dense: dict[int, float],
@@ -247,16 +307,12 @@ def _fuse(
     w = weights or None
     memo: dict[tuple[float, ...], tuple[float, bool]] = {}
     scored: list[tuple[float, int]] = []
-    ids = sorted(candidates)
-    for k in range(0, len(ids), 900):  # SQLite's parameter limit (999 in old builds)
-        chunk = ids[k : k + 900]
-        marks = ",".join("?" * len(chunk))
-        for rid, norm in conn.execute(f"SELECT id, norm FROM records WHERE id IN ({marks})", chunk):
-            credits = tuple(term_credits(terms, norm)) if terms else ()
-            lex = memo.get(credits)
-            if lex is None:
-                every = bool(credits) and all(c > 0 for c in credits)
-                lex = memo[credits] = (coverage(list(credits), w) if credits else 0.0, every)
-            scored.append((-hybrid_score(dense.get(rid, 0.0), *lex), int(rid)))
+    for rid, norm in texts(sorted(candidates)):
+        credits = tuple(term_credits(terms, norm)) if terms else ()
+        lex = memo.get(credits)
+        if lex is None:
+            every = bool(credits) and all(c > 0 for c in credits)
+            lex = memo[credits] = (coverage(list(credits), w) if credits else 0.0, every)
+        scored.append((-hybrid_score(dense.get(rid, 0.0), *lex), int(rid)))
     scored.sort()
     return [(rid, -neg) for neg, rid in scored[:top_k]]

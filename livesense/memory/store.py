@@ -32,7 +32,7 @@ from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.index import IndexEntry, VectorIndex
 from livesense.memory.lexical import searchable_text
-from livesense.memory.search import check_stream, rank
+from livesense.memory.search import DocFreqs, check_stream, rank
 from livesense.memory.store_base import Store
 from livesense.memory.summary import StreamSummary
 from livesense.memory.text_tables import TEXT_TABLES, index_text, text_columns, unindex_text
@@ -170,6 +170,7 @@ class MemoryStore(Store):
         self.keyframes = self.root / "keyframes"
         self._embedder = embedder
         self._index = VectorIndex(DIM)
+        self._doc_freqs = DocFreqs()
         self._local = threading.local()
         # read connections by the thread that owns them; those of finished threads are closed
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
@@ -283,7 +284,8 @@ class MemoryStore(Store):
     def _load_rows(self, conn: sqlite3.Connection, after: int) -> None:
         """Add rows with id > after to the dense index, 8192 at a time."""
         cur = conn.execute(
-            "SELECT id, stream, start_t, end_t, ntok, tokens FROM records WHERE id > ? ORDER BY id",
+            "SELECT id, stream, start_t, end_t, ntok, tokens, norm FROM records WHERE id > ? "
+            "ORDER BY id",
             (after,),
         )
         while True:
@@ -301,6 +303,7 @@ class MemoryStore(Store):
                 np.array([r[3] for r in rows], np.float64),
                 np.array([r[4] for r in rows], np.int64),
                 np.frombuffer(b"".join(r[5] for r in rows), np.float16).reshape(-1, DIM),
+                texts=[r[6] for r in rows],
                 fit=False,
             )
         self._index.maybe_fit()
@@ -470,13 +473,14 @@ class MemoryStore(Store):
     def _apply(self, conn: sqlite3.Connection, plan: TierPlan) -> None:
         """Apply one plan in one transaction, then the dense index and the keyframe files."""
         stream = plan.stream
-        put: dict[int, Stored] = {}  # row id -> record, for the ones still stored at the end
+        put: dict[int, tuple[Stored, str]] = {}  # row id -> (record, normalised text), for
+        # the ones still stored at the end
         removed: list[int] = []
         with self._transaction() as c:
             for op in plan.ops:
                 if isinstance(op, Put):
-                    op.item.rid = self._insert(c, op.item)
-                    put[op.item.rid] = op.item
+                    op.item.rid, norm = self._insert(c, op.item)
+                    put[op.item.rid] = (op.item, norm)
                 elif isinstance(op, Retier):
                     c.execute(
                         "UPDATE records SET tier = ? WHERE stream = ? AND idx = ?",
@@ -514,8 +518,8 @@ class MemoryStore(Store):
             self._index.remove(removed)
         self._index.add_many(
             [
-                IndexEntry(rid, it.record.tokens, stream, it.record.start, it.record.end)
-                for rid, it in put.items()
+                IndexEntry(rid, it.record.tokens, stream, it.record.start, it.record.end, norm)
+                for rid, (it, norm) in put.items()
             ]
         )
         if put:
@@ -533,7 +537,8 @@ class MemoryStore(Store):
         os.replace(tmp, folder / f"{index}.jpg")
         return f"{stream}/{index}.jpg"
 
-    def _insert(self, conn: sqlite3.Connection, s: Stored) -> int:
+    def _insert(self, conn: sqlite3.Connection, s: Stored) -> tuple[int, str]:
+        """Insert a record and index its text; returns (row id, normalised text)."""
         r = s.record
         norm, skey = text_columns(s.lex, r.stream)
         clip = None if r.clip_tokens is None else np.asarray(r.clip_tokens, np.float32)
@@ -565,7 +570,7 @@ class MemoryStore(Store):
         )
         rid = int(cur.lastrowid or 0)
         index_text(conn, rid, s.lex, norm, skey)
-        return rid
+        return rid, norm
 
     def _delete(self, conn: sqlite3.Connection, rid: int) -> None:
         if unindex_text(conn, rid):
@@ -615,7 +620,16 @@ class MemoryStore(Store):
         self.refresh()
         conn = self._reader()
         ranked = rank(
-            conn, self._index, qvec, query, stream=stream, start=start, end=end, top_k=top_k
+            conn,
+            self._index,
+            qvec,
+            query,
+            stream=stream,
+            start=start,
+            end=end,
+            top_k=top_k,
+            texts=self._index.texts,
+            doc_freqs=self._doc_freqs,
         )
         if not ranked:
             return []
