@@ -188,6 +188,7 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
     for j, q in enumerate(queries):
         got = index.search(q, top_k=5)
         best = np.sort(exact[:, j])[::-1][:5]
+        assert np.allclose([s for _, s in index.brute_force(q, 5)], best, atol=2e-3)
         assert abs(got[0][1] - best[0]) < 2e-3  # the best moment, with its exact score
         assert all(abs(s - exact[rid - 1, j]) < 2e-3 for rid, s in got)  # re-scored exactly
         strong = best[best >= 0.5]  # close matches are all there

@@ -603,6 +603,21 @@ class VectorIndex:
         ids = np.array([rid for rid, _ in pairs], np.int64)
         return a, ids, np.array([row for _, row in pairs], np.int64)
 
+    def brute_force(self, q: np.ndarray, top_k: int = 5) -> list[tuple[int, float]]:
+        """What search approximates: best (id, exact max-over-tokens cosine) over every token,
+        highest first, ties by id. For measuring search (it converts and scores every token)."""
+        a, n, tn = self._snapshot()
+        if n == 0 or top_k <= 0:
+            return []
+        q = np.ascontiguousarray(q, np.float32)
+        vals = np.concatenate(
+            [matvec(to_float32(a.tokens[k : min(tn, k + 65536)]), q) for k in range(0, tn, 65536)]
+        )
+        best = np.maximum.reduceat(vals, a.toff[:n])  # a record's rows are contiguous, in order
+        best[~a.alive[:n]] = -np.inf
+        order = np.lexsort((a.rids[:n], -best))[:top_k]
+        return [(int(a.rids[r]), float(best[r])) for r in order if np.isfinite(best[r])]
+
     def select(
         self,
         rids: Sequence[int],

@@ -303,16 +303,26 @@ def _fuse(
 ) -> list[tuple[int, float]]:
     """The top_k candidates by hybrid score, from one read of their texts (which also leaves
     out candidates no longer stored). A query's candidates share few patterns of credits, so
-    each pattern's coverage is worked out once."""
+    each pattern's coverage is worked out once; the scores are then mixed at once (the same
+    arithmetic as hybrid_score, element by element)."""
     w = weights or None
     memo: dict[tuple[float, ...], tuple[float, bool]] = {}
-    scored: list[tuple[float, int]] = []
+    rids: list[int] = []
+    lexical: list[tuple[float, bool]] = []
     for rid, norm in texts(sorted(candidates)):
         credits = tuple(term_credits(terms, norm)) if terms else ()
         lex = memo.get(credits)
         if lex is None:
             every = bool(credits) and all(c > 0 for c in credits)
             lex = memo[credits] = (coverage(list(credits), w) if credits else 0.0, every)
-        scored.append((-hybrid_score(dense.get(rid, 0.0), *lex), int(rid)))
-    scored.sort()
-    return [(rid, -neg) for neg, rid in scored[:top_k]]
+        rids.append(int(rid))
+        lexical.append(lex)
+    if not rids:
+        return []
+    d = np.array([dense.get(rid, 0.0) for rid in rids], np.float64)
+    d = np.clip((d - DENSE_FLOOR) / (DENSE_CEIL - DENSE_FLOOR), 0.0, 1.0)
+    lex = np.clip(np.array([x for x, _ in lexical], np.float64), 0.0, 1.0)
+    bonus = np.where([every for _, every in lexical], ALL_TERMS_BONUS, 0.0)
+    score = DENSE_WEIGHT * d + LEXICAL_WEIGHT * lex + bonus
+    order = np.lexsort((rids, -score))[:top_k]
+    return [(rids[i], float(score[i])) for i in order.tolist()]

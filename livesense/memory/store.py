@@ -747,6 +747,11 @@ class MemoryStore(Store):
         )
 
     @property
+    def index(self) -> VectorIndex:
+        """The in-memory dense index (searched by search(); brute_force() measures it)."""
+        return self._index
+
+    @property
     def generation(self) -> int:
         """Plans that removed records so far (readers drop what changed when it moves)."""
         return self._generation
