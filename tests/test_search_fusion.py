@@ -47,7 +47,8 @@ def test_fused_scores_equal_matching_every_text_in_python() -> None:
         q = " ".join(rng.sample(QUERIES, rng.randint(1, 3)))
         terms = query_terms(q)
         weights = [rng.uniform(0.5, 5.0) for _ in terms] if len(terms) > 1 else []
-        got = search._fuse(search.sql_texts(conn), terms, weights, dense, set(norms), len(norms))
+        texts = search.sql_texts(conn)
+        got = search.fuse_candidates(texts, terms, weights, dense, set(norms), len(norms))
         want = sorted(
             (-search.hybrid_score(dense[r], *match_terms(terms, n, weights or None)), r)
             for r, n in norms.items()
@@ -58,12 +59,13 @@ def test_fused_scores_equal_matching_every_text_in_python() -> None:
     # '9' inside '19' and 'q109' inside 'gateq109' vs 'b52' inside 'b520': the digit rule
     glued = search.sql_texts(text_db(["GATEB520", "gateq109", "PLATFORM19"]))
     one = {1: 0.0, 2: 0.0, 3: 0.0}
-    scores = dict(search._fuse(glued, query_terms("b52"), [], one, set(one), 3))
+    scores = dict(search.fuse_candidates(glued, query_terms("b52"), [], one, set(one), 3))
     assert scores[1] == 0.0  # 'b52' only inside 'b520': the number goes on
-    scores = dict(search._fuse(glued, query_terms("q109"), [], one, set(one), 3))
+    scores = dict(search.fuse_candidates(glued, query_terms("q109"), [], one, set(one), 3))
     assert scores[2] == search.hybrid_score(0.0, 0.6, True)
     # a candidate without a stored row is left out
-    assert [r for r, _ in search._fuse(glued, query_terms("rome"), [], {9: 0.9}, {9}, 5)] == []
+    rome = search.fuse_candidates(glued, query_terms("rome"), [], {9: 0.9}, {9}, 5)
+    assert [r for r, _ in rome] == []
 
 
 def test_fusing_from_the_index_texts_equals_reading_them() -> None:
@@ -81,8 +83,8 @@ def test_fusing_from_the_index_texts_equals_reading_them() -> None:
     dense = {rid: rng.uniform(-0.1, 0.9) for rid in range(1, 201)}
     for _ in range(50):
         terms = query_terms(" ".join(rng.sample(QUERIES, rng.randint(1, 3))))
-        want = search._fuse(search.sql_texts(conn), terms, [], dense, set(dense), 10)
-        got = search._fuse(index.texts, terms, [], dense, set(dense), 10)
+        want = search.fuse_candidates(search.sql_texts(conn), terms, [], dense, set(dense), 10)
+        got = search.fuse_candidates(index.texts, terms, [], dense, set(dense), 10)
         assert got == want and not {r for r, _ in got} & gone
 
 

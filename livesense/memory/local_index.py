@@ -22,8 +22,15 @@ import numpy as np
 
 from livesense.engines.text import DIM
 from livesense.memory.index import IndexEntry, VectorIndex
-from livesense.memory.lexical import Term, match_terms, query_terms
-from livesense.memory.search import DocFreqs, Scope, hybrid_score, lexical_candidates, rank
+from livesense.memory.lexical import Term, query_terms
+from livesense.memory.search import (
+    DocFreqs,
+    Scope,
+    fuse_candidates,
+    lexical_candidates,
+    rank,
+    sql_texts,
+)
 from livesense.memory.text_tables import (
     TEXT_RECORDS,
     TEXT_TABLES,
@@ -195,15 +202,11 @@ class LocalIndex:
         return end is None or s <= end
 
     def _texts(self, rids: set[int] | list[int]) -> dict[Key, str]:
+        return {self._key[rid]: norm for rid, norm in self._texts_by_id(rids).items()}
+
+    def _texts_by_id(self, rids: set[int] | list[int]) -> dict[int, str]:
         ids = [rid for rid in rids if rid in self._key]
-        out: dict[Key, str] = {}
-        for i in range(0, len(ids), 900):
-            chunk = ids[i : i + 900]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT id, norm FROM records WHERE id IN ({marks})"
-            for rid, norm in self._db.execute(sql, chunk):
-                out[self._key[int(rid)]] = str(norm)
-        return out
+        return {int(rid): str(norm) for rid, norm in sql_texts(self._db)(ids)}
 
     def fuse(
         self, lexical: Lexical, dense: Mapping[Key, float], top_k: int
@@ -212,16 +215,16 @@ class LocalIndex:
         cosines found elsewhere (they must cover every lexical candidate) and the lexical side.
         Ties go to the record indexed here first, as in memory.search.rank."""
         with self._lock:
-            texts = dict(lexical.texts)
-            texts.update(self._texts([r for k in dense if (r := self._rid.get(k)) is not None]))
-            order = {k: self._rid.get(k, self._next) for k in texts}
-        scored = []
-        for key, norm in texts.items():
-            coverage, every = match_terms(lexical.terms, norm, lexical.weights or None)
-            score = hybrid_score(dense.get(key, 0.0), coverage, every)
-            scored.append((-score, order[key], key))
-        scored.sort()
-        return [(key[0], key[1], -neg) for neg, _, key in scored[:top_k]]
+            texts = {rid: lexical.texts[k] for k in lexical.texts if (rid := self._rid.get(k))}
+            texts.update(self._texts_by_id([r for k in dense if (r := self._rid.get(k))]))
+            keys = {rid: self._key[rid] for rid in texts}
+        cosine = {rid: dense.get(key, 0.0) for rid, key in keys.items()}
+
+        def held(ids: list[int]) -> list[tuple[int, str]]:
+            return [(rid, texts[rid]) for rid in ids]
+
+        ranked = fuse_candidates(held, lexical.terms, lexical.weights, cosine, set(texts), top_k)
+        return [(*keys[rid], score) for rid, score in ranked]
 
     def close(self) -> None:
         with self._lock:

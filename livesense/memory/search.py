@@ -274,7 +274,8 @@ def rank(
     missing = [rid for rid in lex_ids if rid not in dense]
     if missing:
         dense.update(index.scores(qvec, missing))
-    return _fuse(texts or sql_texts(conn), terms, weights, dense, set(dense) | lex_ids, top_k)
+    candidates = set(dense) | lex_ids
+    return fuse_candidates(texts or sql_texts(conn), terms, weights, dense, candidates, top_k)
 
 
 Texts = Callable[[list[int]], Iterable[tuple[int, str]]]
@@ -293,7 +294,7 @@ def sql_texts(conn: sqlite3.Connection) -> Texts:
     return read
 
 
-def _fuse(
+def fuse_candidates(
     texts: Texts,
     terms: list[Term],
     weights: list[float],
@@ -321,8 +322,8 @@ def _fuse(
         return []
     d = np.array([dense.get(rid, 0.0) for rid in rids], np.float64)
     d = np.clip((d - DENSE_FLOOR) / (DENSE_CEIL - DENSE_FLOOR), 0.0, 1.0)
-    lex = np.clip(np.array([x for x, _ in lexical], np.float64), 0.0, 1.0)
+    cover = np.clip(np.array([x for x, _ in lexical], np.float64), 0.0, 1.0)
     bonus = np.where([every for _, every in lexical], ALL_TERMS_BONUS, 0.0)
-    score = DENSE_WEIGHT * d + LEXICAL_WEIGHT * lex + bonus
-    order = np.lexsort((rids, -score))[:top_k]
+    score = DENSE_WEIGHT * d + LEXICAL_WEIGHT * cover + bonus
+    order = np.lexsort((np.array(rids), -score))[:top_k]
     return [(rids[i], float(score[i])) for i in order.tolist()]
