@@ -52,7 +52,7 @@ from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.index import matvec, to_float32
 from livesense.memory.lexical import searchable_text
-from livesense.memory.local_index import Key, LocalIndex
+from livesense.memory.local_index import Key, Lexical, LocalIndex
 from livesense.memory.loop_thread import LoopThread
 from livesense.memory.record_codec import (
     EVIDENCE,
@@ -850,11 +850,9 @@ class RedisStore(Store):
     ) -> list[Hit]:
         self.refresh()
         if self.vector_search == QUERY_ENGINE:
-            # one trip to Redis: the nearest records, and the tokens of the lexical candidates
-            lexical = self._local.lexical(query, stream=stream, start=start, end=end)
             k = max(DENSE_CANDIDATES, 4 * top_k)
-            names = list(lexical.texts)
-            dense = self._call(self._dense(qvec, stream, start, end, k, names), "search vectors")
+            search = self._dense(qvec, query, stream, start, end, k)
+            lexical, dense = self._call(search, "search vectors")
             ranked = self._local.fuse(lexical, dense, top_k)
         else:
             ranked = self._local.search(
@@ -949,23 +947,29 @@ class RedisStore(Store):
     async def _dense(
         self,
         qvec: np.ndarray,
+        query: str,
         stream: str | None,
         start: float | None,
         end: float | None,
         k: int,
-        names: list[Key],
-    ) -> dict[Key, float]:
-        """Exact cosines of the k nearest records (by the query engine) and of the named ones,
-        asked for at once."""
+    ) -> tuple[Lexical, dict[Key, float]]:
+        """The lexical candidates (found here) and the exact cosines of the k nearest records
+        (found by the query engine) and of the lexical candidates. The nearest are asked for
+        first, so that Redis looks for them while the lexical side runs in a thread here."""
+        near = asyncio.ensure_future(self._knn(qvec, stream, start, end, k))
+        near.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen if left
         try:
-            near, named = await asyncio.gather(
-                self._knn(qvec, stream, start, end, k), self._cosines(qvec, names)
+            lexical = await asyncio.to_thread(
+                self._local.lexical, query, stream=stream, start=start, end=end
             )
+            named = await self._cosines(qvec, list(lexical.texts))
+            return lexical, {**named, **await near}
         except self._aioredis.ResponseError as e:  # e.g. the index was dropped meanwhile
             raise LivesenseError(
                 f"Redis at {shown_url(self.url)} could not search vectors ({e})."
             ) from None
-        return {**named, **near}
+        finally:
+            near.cancel()  # no-op once done
 
     async def _knn(
         self, qvec: np.ndarray, stream: str | None, start: float | None, end: float | None, k: int
