@@ -88,6 +88,21 @@ def test_fusing_from_the_index_texts_equals_reading_them() -> None:
         assert got == want and not {r for r, _ in got} & gone
 
 
+@pytest.mark.parametrize("ids", [[1, 2, 3, 4], [4, 2, 9, 1]])
+def test_index_lookups_by_id_in_any_order(ids: list[int]) -> None:
+    """Ids appended in order are found by binary search, others by the dict: the same."""
+    index = VectorIndex(4)
+    for k, rid in enumerate(ids):
+        tokens = np.eye(4, dtype=np.float32)[k : k + 1]
+        index.add(rid, tokens, f"cam{k % 2}", 2.0 * k, 2.0 * k + 2, f"text {rid}")
+    index.remove([ids[1]])
+    asked = [ids[3], 77, ids[1], ids[0]]
+    assert index.texts(asked) == [(ids[3], f"text {ids[3]}"), (ids[0], f"text {ids[0]}")]
+    assert index.select(asked, stream="cam1") == [ids[3]]
+    assert index.select(asked, start=0.0, end=1.0) == [ids[0]]
+    assert index.scores(np.eye(4, dtype=np.float32)[3], asked) == {ids[3]: 1.0, ids[0]: 0.0}
+
+
 def test_document_frequencies_are_reused_while_the_memory_changes_little() -> None:
     conn = text_db(["rome desk", "rome", "milan"])
     freqs = search.DocFreqs()
