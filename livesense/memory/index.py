@@ -513,6 +513,15 @@ class VectorIndex:
         return mask
 
     @staticmethod
+    def _gather_first(a: _Arrays, subset: np.ndarray, n: int, tn: int) -> bool:
+        """Whether a filter passes so few records that scoring their tokens, gathered, costs
+        less than scanning the lists (without lists: when under a third of records pass)."""
+        if a.centroids is None:
+            return len(subset) * 3 < n
+        scanned = PROBE_SHARE * a.sorted_n + tn - a.sorted_n
+        return GATHER_COST * int(a.tlen[subset].sum()) <= scanned
+
+    @staticmethod
     def _probe(a: _Arrays, qf: np.ndarray, tn: int) -> list[tuple[int, int]]:
         """Position ranges a full search scans: the closest lists (about PROBE_SHARE of the
         sorted tokens, PROBE_MIN lists at least) and the unsorted tail."""
@@ -559,30 +568,25 @@ class VectorIndex:
         if rerank is None:
             rerank = RERANK if a.basis is None else RERANK_PROJECTED
         subset = np.flatnonzero(mask) if valid < n else None
-        vals = owner = None
-        if subset is None or (
-            a.centroids is not None
-            and GATHER_COST * int(a.tlen[subset].sum())
-            > PROBE_SHARE * a.sorted_n + tn - a.sorted_n
-        ) or (a.centroids is None and valid * 3 >= n):
-            # the closest lists (or every token); filters apply to what they hold
+        found = None
+        if subset is None or not self._gather_first(a, subset, n, tn):
+            # the closest lists (or every token); a filter applies to what they hold
             ranges = self._probe(a, qf, tn)
             vals = np.concatenate([matvec(a.first[lo:hi], qf) for lo, hi in ranges])
             owner = np.concatenate([a.frec[lo:hi] for lo, hi in ranges])
             if subset is not None:
                 keep = mask[owner]
                 vals, owner = vals[keep], owner[keep]
-                if len(vals) < top_k:  # the lists held too few that pass: score them all
-                    vals = owner = None
-        if vals is None or owner is None:  # few tokens pass the filters: score them all
+            if len(vals) >= top_k or subset is None:  # else the lists held too few that pass
+                found = vals, owner
+        if found is None:  # the tokens of the records that pass the filters, all of them
             assert subset is not None
             trows = _token_rows(a.toff[subset], a.tlen[subset])
-            vals = matvec(np.take(a.first, a.tpos[trows], axis=0), qf)
-            owner = a.trec[trows]
+            found = matvec(np.take(a.first, a.tpos[trows], axis=0), qf), a.trec[trows]
+        vals, owner = found
         # the records owning the best tokens: the best records by their best token
         m = min(len(vals), max(rerank, 4 * top_k))
         best = np.argpartition(vals, len(vals) - m)[len(vals) - m :]
-        best = best[np.isfinite(vals[best])]
         rows = np.unique(owner[best])
         exact = self._exact(a, rows, q)
         order = np.lexsort((a.rids[rows], -exact))[:top_k]

@@ -851,7 +851,7 @@ class RedisStore(Store):
         self.refresh()
         if self.vector_search == QUERY_ENGINE:
             k = max(DENSE_CANDIDATES, 4 * top_k)
-            search = self._dense(qvec, query, stream, start, end, k)
+            search = self._engine_search(qvec, query, stream, start, end, k)
             lexical, dense = self._call(search, "search vectors")
             ranked = self._local.fuse(lexical, dense, top_k)
         else:
@@ -944,7 +944,7 @@ class RedisStore(Store):
         if done:
             log.info("gave %d stored records their vectors for the index", done)
 
-    async def _dense(
+    async def _engine_search(
         self,
         qvec: np.ndarray,
         query: str,
