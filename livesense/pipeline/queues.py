@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from enum import StrEnum
 from typing import Generic, TypeVar
 
+from livesense.drop_policy import DropPolicy
+
+__all__ = ["BoundedQueue", "DropPolicy"]
+
 T = TypeVar("T")
-
-
-class DropPolicy(StrEnum):
-    """What a full queue does with one more item.
-
-    WAIT: the producer waits (files: nothing is ever dropped).
-    DROP_OLDEST: the oldest queued item goes (live: fresh data beats complete data).
-    DROP_NEWEST: the new item goes (keeps what is already queued).
-    """
-
-    WAIT = "wait"
-    DROP_OLDEST = "drop_oldest"
-    DROP_NEWEST = "drop_newest"
 
 
 class BoundedQueue(Generic[T]):

@@ -37,7 +37,7 @@ from livesense.pipeline.snippeter import Snippeter
 from livesense.pipeline.supervisor import StageSupervisor
 from livesense.records import EndOfStream, Features, Gap, Snippet
 from livesense.stream.reconnect import ReconnectingSource
-from livesense.stream.source import MediaSource, open_source
+from livesense.stream.source import Source, open_source
 
 log = logging.getLogger("livesense.pipeline")
 
@@ -102,7 +102,7 @@ class StreamPipeline:
         *,
         realtime: bool = False,
         on_record: Callable[[StreamStatus], None] | None = None,
-        source: MediaSource | None = None,
+        source: Source | None = None,
     ) -> None:
         self.stream = stream
         self.url = url
@@ -112,7 +112,7 @@ class StreamPipeline:
         self.realtime = realtime
         self.status = StreamStatus(stream=stream, url=url)
         self.on_record = on_record
-        self.source: MediaSource | None = source  # given: already open (e.g. a WebRTC track)
+        self.source: Source | None = source  # given: already open (e.g. a WebRTC track)
         self._pools = {
             name: ThreadPoolExecutor(1, thread_name_prefix=f"ls-{name}-{stream}")
             for name in ("vision", "audio", "store")
@@ -169,7 +169,7 @@ class StreamPipeline:
                 queue_size=s.queues.media,
                 limits=s.media,
             )
-            first = await asyncio.to_thread(opener)
+            first: Source = await asyncio.to_thread(opener)
             r = s.resilience
             if first.live and r.reconnect and not self._stopping:
                 first = ReconnectingSource(
@@ -184,7 +184,7 @@ class StreamPipeline:
             self.source = first
         source = self.source
         self.status.live = source.live
-        self.status.duration = getattr(source, "duration", None)
+        self.status.duration = source.duration
         self.status.state = "running"
         policy = DropPolicy.DROP_OLDEST if source.live else DropPolicy.WAIT
         snippets: BoundedQueue[Any] = BoundedQueue("snippets", s.queues.snippets, policy)
@@ -196,7 +196,7 @@ class StreamPipeline:
             # A paced file holds speech back no longer than a live source does.
             tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
 
-    async def _produce(self, source: MediaSource, out: BoundedQueue[Any]) -> None:
+    async def _produce(self, source: Source, out: BoundedQueue[Any]) -> None:
         snippeter = Snippeter(
             self.stream,
             self.settings.snippet.seconds,
@@ -257,7 +257,7 @@ class StreamPipeline:
             gap = Gap(gap.start + dt, gap.end + dt, gap.reason)
         self.status.gaps += 1
         self.status.last_gap = (gap.start, gap.end)
-        self.status.reconnects = int(getattr(self.source, "reconnects", 0))
+        self.status.reconnects = self.source.counters.reconnects if self.source else 0
         mark = getattr(self.store, "mark_gap", None)
         if callable(mark):
             loop = asyncio.get_running_loop()
@@ -390,7 +390,7 @@ class StreamPipeline:
 
     def drops(self) -> int:
         """Media items and snippets dropped so far (live sources only)."""
-        source = self.source.drops if self.source is not None else 0
+        source = self.source.counters.drops if self.source is not None else 0
         queue = self._snippets.drops if self._snippets is not None else 0
         return int(source + queue)
 
