@@ -12,7 +12,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,7 @@ from livesense.pipeline.manager import StreamManager
 from livesense.pipeline.perception import Perception
 from livesense.records import AUDIO_RATE, AudioChunk, VideoFrame
 from livesense.stream.counters import SourceCounters
-from livesense.stream.decode_thread import DecodeThread
-from livesense.stream.handoff import Item
+from livesense.stream.decode_thread import DecodeThread, ThreadFed
 from tests.media import SPEECH_WAV
 from tests.test_auth import ADMIN, free_port
 
@@ -50,12 +48,11 @@ def speech() -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-class SyntheticLive:
+class SyntheticLive(ThreadFed):
     """A live Source made in a thread at `speed` x real time, handed over like a decoder's."""
 
     url = shown = "synthetic://soak"
     live = has_video = has_audio = True
-    wall_anchor: float | None = None  # stream time is simulated: no wall clock
     duration: float | None = None
     limit_reason: str | None = None
 
@@ -73,12 +70,6 @@ class SyntheticLive:
             read=self._make,
             release=lambda: None,
         )
-
-    def items(self) -> AsyncIterator[Item]:
-        return self._feed.items()
-
-    def close(self) -> None:
-        self._feed.close()
 
     def _frame(self, t: float) -> np.ndarray:
         scene = int(t // SCENE)

@@ -1,5 +1,6 @@
-"""What every store promises, checked against each: the embedded SQLite store and the Redis
-store (a real redis-server). A new store passes this suite before anything uses it."""
+"""What every store promises, checked against each: the embedded SQLite store, the Redis
+store on a plain redis-server (vectors searched in each process) and on Redis Stack (vectors
+searched by Redis's query engine). A new store passes this suite before anything uses it."""
 
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     yield from redis_server(tmp_path_factory.mktemp("redis"))
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from redis_server(tmp_path_factory.mktemp("stack"), stack=True)
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-stack"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens stores over one fresh memory; every store opened is closed after the test."""
     opened: list[Store] = []
@@ -41,17 +47,20 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     else:
         import redis
 
-        from livesense.memory.redis_store import RedisStore
+        from livesense.memory.redis_store import QUERY_ENGINE, RedisStore
 
-        url = request.getfixturevalue("server").url
+        stack = request.param == "redis-stack"
+        url = request.getfixturevalue("stack" if stack else "server").url
         client = redis.Redis.from_url(url)
         client.flushall()
         client.close()
         fast = RedisSettings(lease_ttl=1.0, retry_max=0.5)
 
         def make(readonly: bool = False) -> Store:
-            opened.append(RedisStore(url, SETTINGS, fast, readonly=readonly))
-            return opened[-1]
+            store = RedisStore(url, SETTINGS, fast, readonly=readonly, vector_index=stack or None)
+            assert (store.vector_search == QUERY_ENGINE) == stack
+            opened.append(store)
+            return store
 
     yield make
     for store in opened:

@@ -8,7 +8,6 @@ with the capture clock (seconds since the first frame) and anchored to wall time
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import cv2
@@ -17,12 +16,11 @@ import numpy as np
 from livesense.errors import SourceError
 from livesense.records import VideoFrame
 from livesense.stream.counters import SourceCounters
-from livesense.stream.decode_thread import DecodeThread
+from livesense.stream.decode_thread import DecodeThread, ThreadFed
 from livesense.stream.frame_size import frame_size
-from livesense.stream.handoff import Item
 
 
-class CaptureSource:
+class CaptureSource(ThreadFed):
     """A live video-only stream.source.Source read from an OpenCV VideoCapture in a thread."""
 
     live = True
@@ -66,23 +64,6 @@ class CaptureSource:
 
     def __repr__(self) -> str:
         return f"CaptureSource({self.shown!r})"
-
-    @property
-    def wall_anchor(self) -> float | None:
-        """Wall clock (Unix s) of the first frame, once it came."""
-        return self._feed.wall_anchor
-
-    @property
-    def end_reason(self) -> str | None:
-        return self._feed.end_reason
-
-    def items(self) -> AsyncIterator[Item]:
-        """Sampled frames as they are captured; the last item is EndOfStream. Read once."""
-        return self._feed.items()
-
-    def close(self) -> None:
-        """Stop capturing and release the device (the thread finishes within a read)."""
-        self._feed.close()
 
     def _read(self) -> str | None:
         start: float | None = None

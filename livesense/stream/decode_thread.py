@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 
 from livesense.drop_policy import DropPolicy
 from livesense.errors import SourceError
-from livesense.records import EndOfStream, Gap
+from livesense.records import EndOfStream
 from livesense.stream.counters import SourceCounters
 from livesense.stream.handoff import Handoff, Item
 
@@ -91,17 +90,8 @@ class DecodeThread:
         self._thread = threading.Thread(target=self._run, name=f"read {self.shown}", daemon=True)
         self._thread.start()
         try:
-            while True:
-                item = await handoff.get()
-                if (
-                    self.live
-                    and self.wall_anchor is not None
-                    and not isinstance(item, Gap | EndOfStream)
-                ):
-                    self.counters.lag = time.time() - (self.wall_anchor + item.t)
+            async for item in handoff.relay(lambda: self.wall_anchor if self.live else None):
                 yield item
-                if isinstance(item, EndOfStream):
-                    return
         finally:
             self.close()
 
@@ -131,3 +121,32 @@ class DecodeThread:
         self.end_reason = reason
         if not self.stop.is_set() and self._handoff is not None:
             self._handoff.put(EndOfStream(reason))
+
+
+class ThreadFed:
+    """The Source members of a source read by a DecodeThread (`_feed`): the PyAV and
+    capture-device sources share them (the rest of Source each defines itself)."""
+
+    _feed: DecodeThread
+
+    @property
+    def wall_anchor(self) -> float | None:
+        """Wall clock (Unix s) at stream time 0, known with the first item of a live or
+        paced source."""
+        return self._feed.wall_anchor
+
+    @property
+    def end_reason(self) -> str | None:
+        return self._feed.end_reason
+
+    @property
+    def queue_depth(self) -> int:
+        return self._feed.queue_depth
+
+    def items(self) -> AsyncIterator[Item]:
+        """The items in stream order; the last one is EndOfStream. Read once."""
+        return self._feed.items()
+
+    def close(self) -> None:
+        """Stop reading and release the media (the thread finishes within one read)."""
+        self._feed.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 
 from livesense.drop_policy import DropPolicy
 from livesense.records import AudioChunk, EndOfStream, Gap, VideoFrame
@@ -115,6 +117,17 @@ class Handoff:
                 waiter = self._loop.create_future()
                 self._waiter = waiter
             await waiter
+
+    async def relay(self, anchor: Callable[[], float | None]) -> AsyncIterator[Item]:
+        """The items up to EndOfStream (included). With the wall clock at stream time 0
+        known (`anchor()`), `counters.lag` follows how late each frame or chunk is."""
+        while True:
+            item = await self.get()
+            if isinstance(item, VideoFrame | AudioChunk) and (zero := anchor()) is not None:
+                self.counters.lag = time.time() - (zero + item.t)
+            yield item
+            if isinstance(item, EndOfStream):
+                return
 
     def close(self) -> None:
         """Wake a blocked writer and a waiting reader; further puts fail."""

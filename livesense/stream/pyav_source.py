@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,15 @@ import av
 import av.error
 import numpy as np
 
-from livesense.config import MediaLimits
 from livesense.errors import ConfigError, SourceError
 from livesense.records import AUDIO_RATE, AudioChunk, Gap, VideoFrame
 from livesense.stream.clock import StreamClock
 from livesense.stream.counters import SourceCounters
-from livesense.stream.decode_thread import DecodeThread, sentence
+from livesense.stream.decode_thread import DecodeThread, ThreadFed, sentence
 from livesense.stream.frame_size import frame_size
 from livesense.stream.handoff import Item
 from livesense.stream.media_guard import MediaGuard
+from livesense.stream.options import SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -152,23 +151,13 @@ def pyav_reads_v4l2() -> bool:
     return any(n in av.formats_available for n in DEVICE_FORMATS["v4l2"])
 
 
-def open_pyav(
-    url: str,
-    *,
-    realtime: bool = False,
-    fps: float = 2.0,
-    max_side: int = 640,
-    queue_size: int = 256,
-    rtsp_transport: str = "tcp",
-    timeout: float = 10.0,
-    limits: MediaLimits | None = None,
-) -> PyAVSource:
+def open_pyav(url: str, options: SourceOptions) -> PyAVSource:
     """Open a file, URL or device with PyAV now; SourceError with one sentence if it can't be.
 
-    Blocking (it opens and probes the container): call it via asyncio.to_thread. The
-    options are checked by stream.source.open_source, which calls this.
+    Blocking (it opens and probes the container): call it via asyncio.to_thread.
     """
-    target = _resolve(url, rtsp_transport, timeout)
+    timeout = options.timeout
+    target = _resolve(url, options.rtsp_transport, timeout)
     if target.kind == "file":
         path = Path(target.arg)
         if not path.exists():
@@ -177,17 +166,17 @@ def open_pyav(
             raise SourceError(f"{target.shown} is a directory, not a media file.")
         if path.stat().st_size == 0:
             raise SourceError(f"The file {target.shown} is empty.")
-    options = dict(target.options)
+    av_options = dict(target.options)
     if target.live:
         # Packets read while probing would come out first, late: the wall anchor and the
         # lag would start off wrong by the probe time. Live sources start fresh instead.
-        options.setdefault("fflags", "nobuffer")
+        av_options.setdefault("fflags", "nobuffer")
     began = time.monotonic()
     try:
         container = av.open(
             target.arg,
             format=target.format,
-            options=options,
+            options=av_options,
             timeout=None if target.kind == "file" else (timeout, timeout),
             metadata_errors="replace",  # tags in a broken encoding must not stop the media
         )
@@ -206,27 +195,18 @@ def open_pyav(
         if video is None and audio is None:
             raise SourceError(f"{target.shown} has no audio or video stream that can be decoded.")
         live = target.live or (target.kind == "network" and container.duration is None)
-        guard = MediaGuard(limits, target.shown, live=live)
+        guard = MediaGuard(options.limits, target.shown, live=live)
         guard.check_open(container, video, audio)
         return PyAVSource(
-            url,
-            container,
-            video,
-            audio,
-            live=live,
-            realtime=realtime,
-            fps=fps,
-            max_side=max_side,
-            queue_size=queue_size,
-            shown=target.shown,
+            url, container, video, audio, live=live, options=options, shown=target.shown,
             guard=guard,
-        )
+        )  # fmt: skip
     except BaseException:
         container.close()
         raise
 
 
-class PyAVSource:
+class PyAVSource(ThreadFed):
     """One opened PyAV container: a stream.source.Source. `items()` yields sampled frames,
     audio, gaps and finally EndOfStream; drops happen only for live sources, oldest video
     first, and are counted in `counters` with everything else.
@@ -240,22 +220,18 @@ class PyAVSource:
         audio: Any | None,
         *,
         live: bool,
-        realtime: bool,
-        fps: float,
-        max_side: int,
-        queue_size: int,
+        options: SourceOptions,
         shown: str | None = None,
         guard: MediaGuard | None = None,
     ) -> None:
         self.url = url
         self.shown = shown or url
         self.live = live
-        self.realtime = realtime
+        self.realtime = options.realtime
         self.has_video = video is not None
         self.has_audio = audio is not None
-        self.fps = fps
-        self.max_side = max_side
-        self.queue_size = queue_size
+        self.fps = fps = options.fps
+        self.max_side = options.max_side
         duration = container.duration
         self.duration: float | None = None if live or duration is None else duration / 1e6
         self.width: int | None = video.codec_context.width if video is not None else None
@@ -266,7 +242,7 @@ class PyAVSource:
         self._feed = DecodeThread(
             self.shown,
             live=live,
-            queue_size=queue_size,
+            queue_size=options.queue_size,
             counters=self.counters,
             read=self._decode,
             release=self._free,
@@ -302,30 +278,9 @@ class PyAVSource:
     def __repr__(self) -> str:
         return f"PyAVSource({self.shown!r}, live={self.live})"
 
-    @property
-    def wall_anchor(self) -> float | None:
-        """Wall clock (Unix s) at stream time 0, known with the first item of a live source."""
-        return self._feed.wall_anchor
-
-    @property
-    def end_reason(self) -> str | None:
-        return self._feed.end_reason
-
-    @property
-    def queue_depth(self) -> int:
-        return self._feed.queue_depth
-
     def stats(self) -> dict[str, float | int]:
         """Counters for metrics and status pages."""
         return self.counters.as_json(self.queue_depth)
-
-    def items(self) -> AsyncIterator[Item]:
-        """Decoded items in stream order; the last one is EndOfStream. Read once."""
-        return self._feed.items()
-
-    def close(self) -> None:
-        """Stop decoding and release the container (the thread finishes within a read)."""
-        self._feed.close()
 
     def _free(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -77,6 +78,7 @@ class ReconnectingSource:
         self.attempt_times: deque[float] = deque(maxlen=100)  # monotonic, for tests and status
         self._opener = opener
         self._past = SourceCounters()  # the connections that ended
+        self._retired: Source | None = None  # the last of them (current until one reopens)
         self._own = SourceCounters()  # gaps (outages included) and reconnects, counted here
         self._started = False
         self._closed = False
@@ -87,17 +89,12 @@ class ReconnectingSource:
         return f"ReconnectingSource({self.shown!r}, reconnects={self._own.reconnects})"
 
     @property
-    def reconnects(self) -> int:
-        return self._own.reconnects
-
-    @property
     def counters(self) -> SourceCounters:
         """The counts of every connection so far added up (a snapshot); gaps are this
         stream's, outages included."""
-        total = self._past.plus(self.current.counters)
-        total.gaps = self._own.gaps
-        total.reconnects = self._own.reconnects
-        return total
+        ended = self.current is self._retired
+        total = self._past if ended else self._past.plus(self.current.counters)
+        return dataclasses.replace(total, gaps=self._own.gaps, reconnects=self._own.reconnects)
 
     def stats(self) -> dict[str, float | int]:
         return self.counters.as_json()
@@ -171,6 +168,7 @@ class ReconnectingSource:
 
     def _retire(self, source: Source) -> None:
         self._past = self._past.plus(source.counters)
+        self._retired = source
         source.close()
 
     async def _reopen(self, outage: Outage) -> tuple[Source | None, str | None]:

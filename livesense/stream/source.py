@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from livesense.config import MediaLimits
-from livesense.errors import ConfigError, SourceError
+from livesense.errors import SourceError
 from livesense.stream.counters import SourceCounters
 from livesense.stream.handoff import Item
+from livesense.stream.options import SourceOptions
 from livesense.stream.pyav_source import open_pyav, pyav_reads_v4l2
 
-__all__ = ["MediaSource", "Source", "SourceCounters", "open_source"]
+__all__ = ["MediaSource", "Source", "SourceCounters", "SourceOptions", "open_source"]
 
 
 @runtime_checkable
@@ -87,14 +88,10 @@ def open_source(
 
     Blocking (it opens and probes the media): call it via asyncio.to_thread.
     """
-    if not fps > 0:
-        raise ConfigError(f"The sampling rate must be above 0 frames per second, not {fps}.")
-    if max_side < 16:
-        raise ConfigError(f"The longest frame side must be at least 16 pixels, not {max_side}.")
-    if queue_size < 2:
-        raise ConfigError(f"The media queue must hold at least 2 items, not {queue_size}.")
-    if not timeout > 0:
-        raise ConfigError(f"The timeout must be above 0 seconds, not {timeout}.")
+    options = SourceOptions(
+        realtime=realtime, fps=fps, max_side=max_side, queue_size=queue_size,
+        rtsp_transport=rtsp_transport, timeout=timeout, limits=limits,
+    )  # fmt: skip
     url = str(url)  # a Path is welcome too
     if url.lower().startswith("v4l2://") and not pyav_reads_v4l2():
         from livesense.stream.capture import CaptureSource  # OpenCV loads only for devices
@@ -103,13 +100,4 @@ def open_source(
         if not device or not Path(device).exists():
             raise SourceError(f"The video device {device or '(none)'} does not exist.")
         return CaptureSource(device, fps=fps, max_side=max_side, queue_size=queue_size, url=url)
-    return open_pyav(
-        url,
-        realtime=realtime,
-        fps=fps,
-        max_side=max_side,
-        queue_size=queue_size,
-        rtsp_transport=rtsp_transport,
-        timeout=timeout,
-        limits=limits,
-    )
+    return open_pyav(url, options)

@@ -304,13 +304,8 @@ class WebRTCSource:
             yield EndOfStream("The WebRTC source was never connected to a publisher.")
             return
         try:
-            while True:
-                item = await self._handoff.get()
-                if isinstance(item, VideoFrame | AudioChunk):
-                    self.counters.lag = time.time() - (self.timeline.anchor + item.t)
+            async for item in self._handoff.relay(lambda: self.timeline.anchor):
                 yield item
-                if isinstance(item, EndOfStream):
-                    return
         finally:
             self.close()
 
