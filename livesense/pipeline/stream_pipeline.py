@@ -265,7 +265,8 @@ class StreamPipeline:
             gap = Gap(gap.start + dt, gap.end + dt, gap.reason)
         self.status.gaps += 1
         self.status.last_gap = (gap.start, gap.end)
-        self.status.reconnects = self.source.counters.reconnects if self.source else 0
+        source = self.source
+        self.status.reconnects = source.counters.reconnects if source is not None else 0
         mark = getattr(self.store, "mark_gap", None)
         if callable(mark):
             loop = asyncio.get_running_loop()

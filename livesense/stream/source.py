@@ -70,7 +70,7 @@ class Source(Protocol):
         """Stop; `items()` ends soon after with EndOfStream. Idempotent."""
 
 
-MediaSource = Source  # the name the pipeline and the API give any source
+MediaSource = Source  # another name for Source, for code that imports it by that name
 
 
 def open_source(
