@@ -16,12 +16,12 @@ T = TypeVar("T")
 class BoundedQueue(Generic[T]):
     """An asyncio queue with a hard bound, a drop policy and a drop counter."""
 
-    def __init__(self, name: str, maxsize: int, policy: DropPolicy) -> None:
+    def __init__(self, name: str, maxsize: int, policy: str) -> None:
         if maxsize < 1:
             raise ValueError("a bounded queue needs maxsize >= 1")
         self.name = name
         self.maxsize = maxsize
-        self.policy = policy
+        self.policy = DropPolicy.named(policy)  # a plain "wait" is welcome too
         self.drops = 0
         self._items: deque[T] = deque()
         self._not_empty = asyncio.Event()

@@ -38,7 +38,7 @@ class Handoff:
             raise ValueError("Handoff needs room for at least one item")
         drop = DropPolicy.named(policy)
         if drop not in self.POLICIES:
-            raise ValueError(f"a media handoff cannot use the drop policy {policy!r}")
+            raise ValueError(f"a media handoff cannot use the drop policy {drop.value!r}")
         self.maxsize = maxsize
         self.policy = drop
         self.counters = counters if counters is not None else SourceCounters()
