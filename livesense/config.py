@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from livesense.drop_policy import DropPolicy
 from livesense.errors import ConfigError
 
 
@@ -163,8 +164,8 @@ class EngineSettings(BaseModel):
     )
     batch_queue: int = Field(256, ge=1, description="Items queued per model, all streams.")
     batch_stream_queue: int = Field(64, ge=1, description="Items queued per model and stream.")
-    batch_policy: Literal["wait", "drop_oldest", "drop_newest"] = Field(
-        "wait", description="A full batch queue: the caller waits, or an item is dropped."
+    batch_policy: DropPolicy = Field(
+        DropPolicy.WAIT, description="A full batch queue: the caller waits, or an item is dropped."
     )
     record_calibration: bool = Field(
         False, description="Save model inputs seen on real streams for INT8 calibration."

@@ -218,7 +218,7 @@ def test_a_codec_change_mid_stream(tmp_path: Path) -> None:
         items, source = read_all(joined)
         check_items(items)
         assert any(isinstance(i, VideoFrame) for i in items)
-        assert source.decode_errors > 0  # the other codec's packets were refused, counted
+        assert source.counters.decode_errors > 0  # the other codec's packets were refused, counted
         assert items[-1].reason is None or items[-1].reason.endswith(".")
 
 

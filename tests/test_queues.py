@@ -40,3 +40,24 @@ async def test_wait_never_drops_and_blocks_the_producer() -> None:
 def test_bound_must_be_positive() -> None:
     with pytest.raises(ValueError):
         BoundedQueue("t", 0, DropPolicy.WAIT)
+
+
+async def test_every_queue_takes_the_same_policy_words() -> None:
+    from livesense.engines.batcher import Batcher
+    from livesense.stream.handoff import Handoff
+
+    q: BoundedQueue[int] = BoundedQueue("t", 1, "drop_newest")  # as settings spell it
+    await q.put(1)
+    assert await q.put(2) == 2 and q.drops == 1 and q.policy is DropPolicy.DROP_NEWEST
+    b: Batcher[int, int] = Batcher("t", lambda xs: xs, policy="drop_oldest")
+    assert b.policy is DropPolicy.DROP_OLDEST
+    b.close()
+    assert Handoff(2, asyncio.get_running_loop(), "drop_oldest").policy is DropPolicy.DROP_OLDEST
+    for make in (
+        lambda: BoundedQueue("t", 1, "drop_oldest_video"),
+        lambda: Batcher("t", lambda xs: xs, policy="newest"),
+    ):
+        with pytest.raises(ValueError, match="one of wait, drop_oldest, drop_newest"):
+            make()
+    with pytest.raises(ValueError, match="cannot use the drop policy 'drop_newest'"):
+        Handoff(2, asyncio.get_running_loop(), DropPolicy.DROP_NEWEST)

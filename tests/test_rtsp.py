@@ -12,7 +12,7 @@ import pytest
 from livesense.errors import SourceError
 from livesense.pipeline.snippeter import Snippeter
 from livesense.records import AUDIO_RATE, EndOfStream, Snippet, VideoFrame
-from livesense.stream import MediaSource, open_source
+from livesense.stream import Source, open_source
 from tests.media import RtspServer, make_clip, marker_time, tone_second
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg i
 FPS = 30
 
 
-def connect(url: str, **kw: object) -> MediaSource:
+def connect(url: str, **kw: object) -> Source:
     """Open the RTSP URL, retrying while the server comes up."""
     deadline = time.monotonic() + 10
     while True:
@@ -32,7 +32,7 @@ def connect(url: str, **kw: object) -> MediaSource:
             time.sleep(0.2)
 
 
-async def ingest(source: MediaSource, pause: float = 0.0) -> tuple[list[Snippet], EndOfStream]:
+async def ingest(source: Source, pause: float = 0.0) -> tuple[list[Snippet], EndOfStream]:
     snippeter = Snippeter("cam", 2.0, source.has_audio, source.has_video)
     out: list[Snippet] = []
     async for item in source.items():
@@ -61,7 +61,8 @@ def test_rtsp_stream_gives_aligned_live_snippets(clip: Path, transport: str) -> 
         snippets, end = asyncio.run(ingest(source))
     took = time.time() - began
     assert end.reason is None and 3.5 < took < 10  # served in real time (ffmpeg -re)
-    assert source.drops == 0 and source.frames_decoded >= 30  # joins at a keyframe
+    c = source.counters
+    assert c.drops == 0 and c.frames_decoded >= 30  # joins at a keyframe
     assert source.wall_anchor is not None and abs(source.wall_anchor - began) < 2.0
     full = [s for s in snippets if not s.missing]
     assert len(full) >= 2
@@ -89,8 +90,9 @@ def test_rtsp_slow_reader_loses_video_first_not_the_stream(clip: Path) -> None:
         source = connect(server.url, queue_size=8)
         snippets, end = asyncio.run(ingest(source, pause=2.0))
     assert end.reason is None
-    assert source.drops > 0 and source.video_drops >= 1  # counted, oldest video first
-    assert source.drops == source.video_drops + source.audio_drops
+    c = source.counters
+    assert c.drops > 0 and c.video_drops >= 1  # counted, oldest video first
+    assert c.drops == c.video_drops + c.audio_drops
     assert snippets and any(isinstance(f, VideoFrame) for s in snippets for f in s.frames)
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,9 @@ from livesense.memory.store import MemoryStore
 from livesense.memory.watch import WatchHub
 from livesense.pipeline.manager import StreamManager
 from livesense.pipeline.perception import Perception
-from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap, VideoFrame
-from livesense.stream.handoff import Handoff
-from livesense.stream.source import MediaSource
+from livesense.records import AUDIO_RATE, AudioChunk, VideoFrame
+from livesense.stream.counters import SourceCounters
+from livesense.stream.decode_thread import DecodeThread, ThreadFed
 from tests.media import SPEECH_WAV
 from tests.test_auth import ADMIN, free_port
 
@@ -49,51 +48,28 @@ def speech() -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-class SyntheticLive(MediaSource):
-    """A live source made in a thread at `speed` x real time, handed over like a decoder's."""
+class SyntheticLive(ThreadFed):
+    """A live Source made in a thread at `speed` x real time, handed over like a decoder's."""
+
+    url = shown = "synthetic://soak"
+    live = has_video = has_audio = True
+    duration: float | None = None
+    limit_reason: str | None = None
 
     def __init__(self, seconds: float, speed: float) -> None:
-        # MediaSource's constructor opens a PyAV container; this source has none.
-        self.url = self.shown = "synthetic://soak"
-        self.live = True
-        self.realtime = True
-        self.has_video = self.has_audio = True
-        self.wall_anchor: float | None = None
-        self.fps, self.max_side, self.queue_size = FPS, 640, 256
-        self.duration: float | None = None
-        self.width, self.height = 320, 240
-        self.frames_decoded = self.frames_sampled = self.audio_chunks = self.audio_samples = 0
-        self.gaps = self.decode_errors = 0
-        self.lag = 0.0
-        self.end_reason: str | None = None
-        self.limit_reason: str | None = None
+        self.counters = SourceCounters()
         self.seconds = seconds
         self.speed = speed
         self.produced = 0.0  # stream time made so far
         self._speech = speech()
-        self._handoff: Handoff | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._closed = False
-
-    async def items(self) -> AsyncIterator[VideoFrame | AudioChunk | Gap | EndOfStream]:
-        self._handoff = Handoff(self.queue_size, asyncio.get_running_loop(), "drop_oldest_video")
-        self._thread = threading.Thread(target=self._make, name="synthetic", daemon=True)
-        self._thread.start()
-        try:
-            while True:
-                item = await self._handoff.get()
-                yield item
-                if isinstance(item, EndOfStream):
-                    return
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._stop.set()
-        if self._handoff is not None:
-            self._handoff.close()
+        self._feed = DecodeThread(
+            self.shown,
+            live=True,
+            queue_size=256,
+            counters=self.counters,
+            read=self._make,
+            release=lambda: None,
+        )
 
     def _frame(self, t: float) -> np.ndarray:
         scene = int(t // SCENE)
@@ -116,29 +92,27 @@ class SyntheticLive(MediaSource):
             out[a - start : b - start] += self._speech[a:b]
         return out
 
-    def _make(self) -> None:
-        assert self._handoff is not None
+    def _make(self) -> str | None:
         began = time.monotonic()
         t = 0.0
         next_frame = 0.0
-        while t < self.seconds and not self._stop.is_set():
+        emit, stop = self._feed.emit, self._feed.stop
+        while t < self.seconds and not stop.is_set():
             ahead = began + t / self.speed - time.monotonic()
             if ahead > 0:
-                self._stop.wait(ahead)
-            if self.wall_anchor is None:
-                self.wall_anchor = None  # stream time is simulated: no wall clock
+                stop.wait(ahead)
             while next_frame <= t:
-                self.frames_sampled += 1
-                if not self._handoff.put(VideoFrame(next_frame, self._frame(next_frame))):
-                    return
+                self.counters.frames_sampled += 1
+                if not emit(VideoFrame(next_frame, self._frame(next_frame))):
+                    return None
                 next_frame += 1.0 / FPS
             samples = self._audio(t)
-            self.audio_chunks += 1
-            if not self._handoff.put(AudioChunk(t, samples)):
-                return
+            self.counters.audio_chunks += 1
+            if not emit(AudioChunk(t, samples)):
+                return None
             t += CHUNK
             self.produced = t
-        self._handoff.put(EndOfStream(None))
+        return None  # the stream simply ended
 
 
 def rss_mib() -> float:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from livesense.drop_policy import DropPolicy
 from livesense.errors import ConfigError, SourceError
 from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap, VideoFrame
-from livesense.stream import Handoff, MediaSource, open_source
+from livesense.stream import Handoff, Source, open_source
 from tests.media import (
     CONTAINERS,
     SPEECH_WAV,
@@ -38,11 +39,11 @@ from tests.media import (
 FPS = 30
 
 
-async def read_all(source: MediaSource) -> list[Item]:
+async def read_all(source: Source) -> list[Item]:
     return [item async for item in source.items()]
 
 
-def read(url: str | Path, **kw: object) -> tuple[MediaSource, list[Item]]:
+def read(url: str | Path, **kw: object) -> tuple[Source, list[Item]]:
     source = open_source(str(url), **kw)  # type: ignore[arg-type]
     return source, asyncio.run(read_all(source))
 
@@ -80,7 +81,7 @@ def test_each_container_decodes_with_true_times(clips: dict[str, Path], suffix: 
         return
     # video: sampled at 2 fps by time (the first decoded frame of each half second; frames
     # nothing refers to are not even decoded), RGB uint8, each picture showing its own time
-    assert source.has_video and 30 <= source.frames_decoded <= 90
+    assert source.has_video and 30 <= source.counters.frames_decoded <= 90
     assert [math.floor(f.t * 2) for f in frames] == [0, 1, 2, 3, 4, 5]
     assert all(f.t - math.floor(f.t * 2) / 2 < 0.15 for f in frames)
     for f in frames:
@@ -118,7 +119,7 @@ def test_frames_are_sampled_by_time_and_downscaled(tmp_path: Path) -> None:
     assert [round(f.t, 2) for f in frames] == [i / 10 for i in range(10)]
     assert {f.image.shape for f in frames} == {(360, 640, 3)}
     assert [marker_frame(f.image) for f in frames] == list(range(0, 30, 3))
-    assert source.frames_decoded == 30 and source.frames_sampled == 10
+    assert source.counters.frames_decoded == 30 and source.counters.frames_sampled == 10
 
     frames = split_items(read(clip, fps=1.0, max_side=101)[1])[0]
     h, w, _ = frames[0].image.shape
@@ -249,7 +250,7 @@ def test_truncated_file_yields_what_decodes_then_ends_with_a_reason(tmp_path: Pa
 def test_realtime_paces_a_file_like_a_live_source(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "rt.mkv", 2.0)
 
-    async def timed() -> tuple[MediaSource, list[tuple[float, Item]], float]:
+    async def timed() -> tuple[Source, list[tuple[float, Item]], float]:
         source = open_source(str(clip), realtime=True)
         began = time.monotonic()
         got = [(time.monotonic() - began, item) async for item in source.items()]
@@ -330,7 +331,7 @@ def test_device_urls_are_mapped_or_refused_clearly() -> None:
 def test_stopping_early_ends_the_decode_thread(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "long.mkv", 6.0, size=(160, 120))
 
-    async def first_items() -> MediaSource:
+    async def first_items() -> Source:
         source = open_source(str(clip), queue_size=4)
         async for item in source.items():
             if isinstance(item, VideoFrame):
@@ -343,12 +344,12 @@ def test_stopping_early_ends_the_decode_thread(tmp_path: Path) -> None:
     while any(t.name.startswith("decode") and t.name not in before for t in threading.enumerate()):
         assert time.monotonic() < deadline, "the decode thread kept running after close()"
         time.sleep(0.05)
-    assert source.frames_decoded < 180
+    assert source.counters.frames_decoded < 180
 
 
 def test_live_handoff_drops_oldest_video_first_and_counts() -> None:
     async def scenario() -> tuple[Handoff, list[Item]]:
-        handoff = Handoff(4, asyncio.get_running_loop(), "drop_oldest_video")
+        handoff = Handoff(4, asyncio.get_running_loop(), DropPolicy.DROP_OLDEST)
         v = [VideoFrame(i * 0.5, np.zeros((2, 2, 3), np.uint8)) for i in range(3)]
         a = [AudioChunk(i * 0.1, np.zeros(1600, np.float32)) for i in range(4)]
         sequence: list[Item] = [v[0], a[0], v[1], a[1], a[2], v[2], a[3], Gap(1, 3)]
@@ -366,7 +367,7 @@ def test_live_handoff_drops_oldest_video_first_and_counts() -> None:
 
 def test_file_handoff_waits_and_never_drops() -> None:
     async def scenario() -> tuple[Handoff, list[float], float]:
-        handoff = Handoff(2, asyncio.get_running_loop(), "wait")
+        handoff = Handoff(2, asyncio.get_running_loop(), DropPolicy.WAIT)
         chunks = [AudioChunk(float(i), np.zeros(10, np.float32)) for i in range(6)]
 
         def writer() -> float:

@@ -167,7 +167,7 @@ def _recent(store: Any, stream: str, limit: int) -> list[SnippetRecord]:
     recent = getattr(store, "recent", None)
     if callable(recent):
         return list(recent(stream, limit))
-    from livesense.memory.store import evidence_from_json
+    from livesense.memory.evidence_codec import evidence_from_json
 
     uri = store.db_path.resolve().as_uri() + "?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from livesense.drop_policy import DropPolicy
 from livesense.engines.engine import EngineError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")  # noqa: E741
 
-POLICIES = ("wait", "drop_oldest", "drop_newest")
 AUTO_DELAY = (0.001, 0.05)
 """Bounds (s) of the adaptive gathering delay: a tenth of the recent batch time, clamped."""
 
@@ -92,11 +92,10 @@ class Batcher(Generic[I, O]):
         max_delay: float | None = 0.002,
         queue_size: int = 256,
         stream_queue: int = 64,
-        policy: str = "wait",
+        policy: str = DropPolicy.WAIT,
         active_window: float | None = None,
     ) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown drop policy {policy!r}")
+        drop = DropPolicy.named(policy)
         if max_batch < 1 or queue_size < 1 or stream_queue < 1:
             raise ValueError("batch and queue sizes must be >= 1")
         self.name = name
@@ -107,7 +106,7 @@ class Batcher(Generic[I, O]):
         self._free_at = 0.0  # when the worker's last batch ended
         self.queue_size = queue_size
         self.stream_queue = stream_queue
-        self.policy = policy
+        self.policy = drop
         self.active_window = (
             active_window
             if active_window is not None
@@ -187,11 +186,11 @@ class Batcher(Generic[I, O]):
             self._check_open()
             self._seen[key] = time.perf_counter()
             while not self._fits(key, n):
-                if self.policy == "drop_newest":
+                if self.policy is DropPolicy.DROP_NEWEST:
                     self.stats.drops += n
                     request.future.set_exception(self._dropped())
                     return request.future
-                if self.policy == "drop_oldest" and self._drop_oldest(key):
+                if self.policy is DropPolicy.DROP_OLDEST and self._drop_oldest(key):
                     continue
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livesense.engines.text import DIM
+from livesense.memory.time_window import in_window
 
 RERANK = 256
 """Best first-pass tokens whose records are re-scored exactly (full-dimension first pass)."""
@@ -506,10 +507,8 @@ class VectorIndex:
             if code is None:
                 return None
             mask &= a.stream[:n] == code
-        if start is not None:
-            mask &= (a.end[:n] > start) | (a.start[:n] >= start)
-        if end is not None:
-            mask &= a.start[:n] <= end
+        if start is not None or end is not None:
+            mask &= in_window(a.start[:n], a.end[:n], start, end)
         return mask
 
     @staticmethod
@@ -640,10 +639,8 @@ class VectorIndex:
             if code is None:
                 return []
             keep &= a.stream[rows] == code
-        if start is not None:
-            keep &= (a.end[rows] > start) | (a.start[rows] >= start)
-        if end is not None:
-            keep &= a.start[rows] <= end
+        if start is not None or end is not None:
+            keep &= in_window(a.start[rows], a.end[rows], start, end)
         return ids[keep].tolist()
 
     def texts(self, rids: Iterable[int]) -> list[tuple[int, str]]:

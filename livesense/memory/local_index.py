@@ -38,6 +38,7 @@ from livesense.memory.text_tables import (
     text_columns,
     unindex_text,
 )
+from livesense.memory.time_window import in_window
 
 Key = tuple[str, int]
 """A record's name: (stream, first snippet index)."""
@@ -197,9 +198,7 @@ class LocalIndex:
         if key is None or (stream is not None and key[0] != stream):
             return False
         s, e = self._span.get(rid, (0.0, 0.0))
-        if start is not None and not (e > start or s >= start):
-            return False
-        return end is None or s <= end
+        return in_window(s, e, start, end)
 
     def _texts(self, rids: set[int] | list[int]) -> dict[Key, str]:
         return {self._key[rid]: norm for rid, norm in self._texts_by_id(rids).items()}

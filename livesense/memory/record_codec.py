@@ -12,7 +12,7 @@ import numpy as np
 
 from livesense.engines.text import DIM
 from livesense.memory.consolidate import Stored
-from livesense.memory.store import evidence_from_json, evidence_to_json
+from livesense.memory.evidence_codec import evidence_from_json, evidence_to_json
 from livesense.records import SnippetRecord
 
 META, TIER, EVIDENCE, TOKENS, CLIP, LEX = b"m", b"t", b"ev", b"tok", b"clip", b"lex"

@@ -50,6 +50,7 @@ from livesense.engines.text import DIM, TextEmbedder
 from livesense.errors import LivesenseError, StoreUnavailableError, missing_package
 from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
+from livesense.memory.evidence_codec import evidence_from_json
 from livesense.memory.index import matvec, to_float32
 from livesense.memory.lexical import searchable_text
 from livesense.memory.local_index import Key, Lexical, LocalIndex
@@ -67,7 +68,6 @@ from livesense.memory.record_codec import (
 )
 from livesense.memory.redis_keys import RedisKeys
 from livesense.memory.search import DENSE_CANDIDATES, check_stream
-from livesense.memory.store import evidence_from_json
 from livesense.memory.store_base import Store
 from livesense.memory.summary import StreamSummary
 from livesense.memory.tiers import (
@@ -82,6 +82,7 @@ from livesense.memory.tiers import (
     TimelineMoment,
     with_gaps,
 )
+from livesense.memory.time_window import redis_window
 from livesense.records import Hit, SnippetRecord
 
 if TYPE_CHECKING:
@@ -982,12 +983,7 @@ class RedisStore(Store):
         if stream is not None:
             where.append("@stream:{$st}")
             params += ["st", stream]
-        if start is not None:  # the record's [start, end) overlaps [start, end]: it ends after
-            # start, or it starts there (a record of no length); cheaper than "starts after"
-            a = repr(float(start))
-            where.append(f"(@end:[({a} +inf] | @start:[{a} {a}])")
-        if end is not None:
-            where.append(f"@start:[-inf {float(end)!r}]")
+        where += redis_window(start, end)
         query = f"({' '.join(where) or '*'})=>[KNN {int(k)} @vec $q AS knn_d]"
         reply = await self._client.execute_command(
             "FT.SEARCH", self.keys.vector_index, query, "PARAMS", len(params), *params,

@@ -30,6 +30,7 @@ from livesense.engines.text import DIM, TextEmbedder
 from livesense.errors import LivesenseError, NotFoundError
 from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
+from livesense.memory.evidence_codec import evidence_from_json, evidence_to_json
 from livesense.memory.index import IndexEntry, VectorIndex
 from livesense.memory.lexical import searchable_text
 from livesense.memory.search import DocFreqs, check_stream, rank
@@ -48,7 +49,7 @@ from livesense.memory.tiers import (
     TimelineMoment,
     with_gaps,
 )
-from livesense.records import Evidence, Hit, OcrLine, SnippetRecord, Word
+from livesense.records import Hit, SnippetRecord
 
 if TYPE_CHECKING:
     from livesense.memory.watch import WatchHub
@@ -59,7 +60,7 @@ SCHEMA_VERSION = 1
 REMOVED_LOG_GENERATIONS = 256  # consolidations a reader may fall behind before a full reload
 BUSY_TIMEOUT_MS = 5000
 
-__all__ = ["MemoryStore", "check_stream"]
+__all__ = ["MemoryStore", "check_stream", "evidence_from_json", "evidence_to_json"]
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,41 +106,6 @@ _COLS = (
     "id, stream, idx, last_idx, start_t, end_t, wall, count, tier, salience, evidence, "
     "tokens, ntok, modalities, times, clip, clip_dim, lex"
 )
-
-
-_EVIDENCE_FIELDS = tuple(f.name for f in dataclasses.fields(Evidence))
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-def evidence_to_json(ev: Evidence) -> str:
-    """Evidence as JSON (a hand-written asdict: this runs for every stored moment)."""
-    d = {f: getattr(ev, f) for f in _EVIDENCE_FIELDS}
-    d["words"] = [
-        {"text": w.text, "start": w.start, "end": w.end, "prob": w.prob} for w in ev.words
-    ]
-    d["ocr"] = [{"text": o.text, "box": list(o.box), "score": o.score, "t": o.t} for o in ev.ocr]
-    d["events"] = dict(ev.events)
-    d["colors"] = list(ev.colors)
-    return json.dumps(d, default=_jsonable, ensure_ascii=False)
-
-
-def evidence_from_json(text: str) -> Evidence:
-    d = json.loads(text)
-    names = {f.name for f in dataclasses.fields(Evidence)}
-    d = {k: v for k, v in d.items() if k in names}
-    d["words"] = [Word(**w) for w in d.get("words", [])]
-    d["ocr"] = [
-        OcrLine(o["text"], tuple(o["box"]), o["score"], o["t"])  # type: ignore[arg-type]
-        for o in d.get("ocr", [])
-    ]
-    return Evidence(**d)
 
 
 def _blob(a: np.ndarray) -> bytes:

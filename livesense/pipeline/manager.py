@@ -13,7 +13,7 @@ from livesense.memory.search import check_stream as check_stream_id
 from livesense.memory.store_base import Store
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
-from livesense.stream.source import MediaSource
+from livesense.stream.source import Source
 
 __all__ = ["StreamManager", "TooManyStreams", "check_stream_id", "stream_id_for"]
 
@@ -57,7 +57,7 @@ class StreamManager:
         stream: str | None = None,
         *,
         realtime: bool = False,
-        source: MediaSource | None = None,
+        source: Source | None = None,
     ) -> StreamPipeline:
         """Start ingesting `url` (or an already open `source`) as `stream`."""
         stream = check_stream_id(stream or stream_id_for(url))

@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from enum import StrEnum
 from typing import Generic, TypeVar
 
+from livesense.drop_policy import DropPolicy
+
+__all__ = ["BoundedQueue", "DropPolicy"]
+
 T = TypeVar("T")
-
-
-class DropPolicy(StrEnum):
-    """What a full queue does with one more item.
-
-    WAIT: the producer waits (files: nothing is ever dropped).
-    DROP_OLDEST: the oldest queued item goes (live: fresh data beats complete data).
-    DROP_NEWEST: the new item goes (keeps what is already queued).
-    """
-
-    WAIT = "wait"
-    DROP_OLDEST = "drop_oldest"
-    DROP_NEWEST = "drop_newest"
 
 
 class BoundedQueue(Generic[T]):
     """An asyncio queue with a hard bound, a drop policy and a drop counter."""
 
-    def __init__(self, name: str, maxsize: int, policy: DropPolicy) -> None:
+    def __init__(self, name: str, maxsize: int, policy: str) -> None:
         if maxsize < 1:
             raise ValueError("a bounded queue needs maxsize >= 1")
         self.name = name
         self.maxsize = maxsize
-        self.policy = policy
+        self.policy = DropPolicy.named(policy)  # a plain "wait" is welcome too
         self.drops = 0
         self._items: deque[T] = deque()
         self._not_empty = asyncio.Event()

@@ -34,14 +34,14 @@ from livesense.pipeline.perception import Perception
 from livesense.pipeline.persister import Persister
 from livesense.pipeline.queues import BoundedQueue, DropPolicy
 from livesense.pipeline.snippeter import Snippeter
+from livesense.pipeline.stages import END, AudioStage, EndOfQueue, Seen, ShedLevel, VisionStage
+from livesense.pipeline.stream_state import StreamState
 from livesense.pipeline.supervisor import StageSupervisor
 from livesense.records import EndOfStream, Features, Gap, Snippet
 from livesense.stream.reconnect import ReconnectingSource
-from livesense.stream.source import MediaSource, open_source
+from livesense.stream.source import Source, open_source
 
 log = logging.getLogger("livesense.pipeline")
-
-_END = object()
 
 
 @dataclass
@@ -50,7 +50,7 @@ class StreamStatus:
 
     stream: str
     url: str
-    state: str = "starting"  # starting | running | done | stopped | error
+    state: StreamState = StreamState.STARTING
     live: bool = False
     error: str | None = None
     position: float = 0.0  # stream time of the newest stored snippet end
@@ -67,11 +67,15 @@ class StreamStatus:
     unsaved: int = 0  # moments held in RAM because memory cannot be written
     persist_error: str | None = None  # why memory cannot be written, while it cannot
 
+    def move(self, state: StreamState) -> None:
+        """Go to `state` (ValueError for a transition StreamState does not allow)."""
+        self.state = self.state.to(state)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "stream": self.stream,
             "url": self.url,
-            "state": self.state,
+            "state": self.state.value,
             "live": self.live,
             "error": self.error,
             "position": round(self.position, 3),
@@ -102,7 +106,7 @@ class StreamPipeline:
         *,
         realtime: bool = False,
         on_record: Callable[[StreamStatus], None] | None = None,
-        source: MediaSource | None = None,
+        source: Source | None = None,
     ) -> None:
         self.stream = stream
         self.url = url
@@ -112,13 +116,13 @@ class StreamPipeline:
         self.realtime = realtime
         self.status = StreamStatus(stream=stream, url=url)
         self.on_record = on_record
-        self.source: MediaSource | None = source  # given: already open (e.g. a WebRTC track)
+        self.source: Source | None = source  # given: already open (e.g. a WebRTC track)
         self._pools = {
             name: ThreadPoolExecutor(1, thread_name_prefix=f"ls-{name}-{stream}")
             for name in ("vision", "audio", "store")
         }
         self._stopping = False
-        self._snippets: BoundedQueue[Any] | None = None
+        self._snippets: BoundedQueue[Snippet | EndOfQueue] | None = None
         self._stages: dict[str, StageSupervisor[Any]] = {}
         r = settings.resilience
         self.persister = Persister(
@@ -130,17 +134,17 @@ class StreamPipeline:
         metrics.STREAMS.inc()
         try:
             await self._run()
-            if self.status.state in ("starting", "running"):
-                self.status.state = "stopped" if self._stopping else "done"
+            if self.status.state.active:
+                self.status.move(StreamState.STOPPED if self._stopping else StreamState.DONE)
         except LivesenseError as e:
-            self.status.state = "error"
+            self.status.move(StreamState.ERROR)
             self.status.error = str(e)
         except asyncio.CancelledError:
-            self.status.state = "stopped"
+            self.status.move(StreamState.STOPPED)
             raise
         except Exception as e:  # a bug: report it in one line and keep what is stored
             log.exception("stream %s failed", self.stream)
-            self.status.state = "error"
+            self.status.move(StreamState.ERROR)
             self.status.error = f"Stream {self.stream} failed: {e.__class__.__name__}: {e}."
         finally:
             metrics.STREAMS.dec()
@@ -169,7 +173,7 @@ class StreamPipeline:
                 queue_size=s.queues.media,
                 limits=s.media,
             )
-            first = await asyncio.to_thread(opener)
+            first: Source = await asyncio.to_thread(opener)
             r = s.resilience
             if first.live and r.reconnect and not self._stopping:
                 first = ReconnectingSource(
@@ -184,19 +188,23 @@ class StreamPipeline:
             self.source = first
         source = self.source
         self.status.live = source.live
-        self.status.duration = getattr(source, "duration", None)
-        self.status.state = "running"
+        self.status.duration = source.duration
+        self.status.move(StreamState.RUNNING)
         policy = DropPolicy.DROP_OLDEST if source.live else DropPolicy.WAIT
-        snippets: BoundedQueue[Any] = BoundedQueue("snippets", s.queues.snippets, policy)
+        snippets: BoundedQueue[Snippet | EndOfQueue] = BoundedQueue(
+            "snippets", s.queues.snippets, policy
+        )
         self._snippets = snippets
-        seen: BoundedQueue[Any] = BoundedQueue("features", s.queues.snippets, DropPolicy.WAIT)
+        seen: BoundedQueue[Seen | EndOfQueue] = BoundedQueue(
+            "features", s.queues.snippets, DropPolicy.WAIT
+        )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._produce(source, snippets))
             tg.create_task(self._see(snippets, seen))
             # A paced file holds speech back no longer than a live source does.
             tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
 
-    async def _produce(self, source: MediaSource, out: BoundedQueue[Any]) -> None:
+    async def _produce(self, source: Source, out: BoundedQueue[Snippet | EndOfQueue]) -> None:
         snippeter = Snippeter(
             self.stream,
             self.settings.snippet.seconds,
@@ -248,7 +256,7 @@ class StreamPipeline:
             await self._mark_gap(gap)
         if reason and not self._stopping:
             self.status.error = reason
-        out.put_control(_END)
+        out.put_control(END)
 
     async def _mark_gap(self, gap: Gap, shift: int = 0) -> None:
         """Count an outage or timestamp jump; memory marks it where the store can."""
@@ -257,7 +265,8 @@ class StreamPipeline:
             gap = Gap(gap.start + dt, gap.end + dt, gap.reason)
         self.status.gaps += 1
         self.status.last_gap = (gap.start, gap.end)
-        self.status.reconnects = int(getattr(self.source, "reconnects", 0))
+        source = self.source
+        self.status.reconnects = source.counters.reconnects if source is not None else 0
         mark = getattr(self.store, "mark_gap", None)
         if callable(mark):
             loop = asyncio.get_running_loop()
@@ -275,10 +284,12 @@ class StreamPipeline:
             return 0.0
         return max(0.0, time.time() - (snip.wall + snip.duration))
 
-    async def _see(self, inp: BoundedQueue[Any], out: BoundedQueue[Any]) -> None:
+    async def _see(
+        self, inp: BoundedQueue[Snippet | EndOfQueue], out: BoundedQueue[Seen | EndOfQueue]
+    ) -> None:
         loop = asyncio.get_running_loop()
         r = self.settings.resilience
-        vision = StageSupervisor(
+        vision: StageSupervisor[VisionStage] = StageSupervisor(
             "vision",
             self.stream,
             self.perception.vision_stage,
@@ -286,15 +297,14 @@ class StreamPipeline:
             rest=r.stage_rest,
         )
         seconds = self.settings.snippet.seconds
-        while (snip := await inp.get()) is not _END:
+        while not isinstance(snip := await inp.get(), EndOfQueue):
             features = Features()
-            shed = 0
+            shed = ShedLevel.NONE
             if self.status.live:
-                lag = self._lag(snip)
-                shed = 0 if lag <= seconds else 1 if lag <= 3 * seconds else 2
+                shed = ShedLevel.for_lag(self._lag(snip), seconds)
                 if shed:
                     self.status.shed += 1
-                    metrics.DROPS.labels(self.stream, f"shed{shed}").inc()
+                    metrics.DROPS.labels(self.stream, f"shed{int(shed)}").inc()
             t0 = time.perf_counter()
             work = functools.partial(
                 vision.call,
@@ -304,16 +314,16 @@ class StreamPipeline:
             seen = loop.run_in_executor(self._pools["vision"], work)
             # The audio stage takes the snippet now and runs while vision does (they fill
             # different fields): a snippet's latency is the slower of the two, not their sum.
-            await out.put((snip, features, shed, seen))
+            await out.put(Seen(snip, features, shed, seen))
             await seen
             self._count_failures(vision)
             metrics.STAGE_SECONDS.labels("vision").observe(time.perf_counter() - t0)
-        out.put_control(_END)
+        out.put_control(END)
 
-    async def _hear_and_store(self, inp: BoundedQueue[Any], *, live: bool) -> None:
+    async def _hear_and_store(self, inp: BoundedQueue[Seen | EndOfQueue], *, live: bool) -> None:
         loop = asyncio.get_running_loop()
         r = self.settings.resilience
-        audio = StageSupervisor(
+        audio: StageSupervisor[AudioStage] = StageSupervisor(
             "audio",
             self.stream,
             functools.partial(self.perception.audio_stage, live),
@@ -324,15 +334,16 @@ class StreamPipeline:
         while True:
             item = await inp.get()
             t0 = time.perf_counter()
-            if item is _END:
+            if isinstance(item, EndOfQueue):
                 work = functools.partial(audio.call, _flush_stage, _salvage)
             else:
-                snip, features, shed, seen = item
-                vision[id(snip)] = seen
+                vision[id(item.snippet)] = item.vision
                 work = functools.partial(
                     audio.call,
-                    functools.partial(_hear_one, snip=snip, features=features, shed=shed),
-                    functools.partial(_salvage, snip=snip, features=features),
+                    functools.partial(
+                        _hear_one, snip=item.snippet, features=item.features, shed=item.shed
+                    ),
+                    functools.partial(_salvage, snip=item.snippet, features=item.features),
                 )
             done = await loop.run_in_executor(self._pools["audio"], work)
             self._count_failures(audio)
@@ -342,7 +353,7 @@ class StreamPipeline:
                     await seen
             if done:
                 await loop.run_in_executor(self._pools["store"], self._store, done)
-            if item is _END:
+            if isinstance(item, EndOfQueue):
                 await loop.run_in_executor(self._pools["store"], self._flush_unsaved)
                 return
 
@@ -390,31 +401,31 @@ class StreamPipeline:
 
     def drops(self) -> int:
         """Media items and snippets dropped so far (live sources only)."""
-        source = self.source.drops if self.source is not None else 0
+        source = self.source.counters.drops if self.source is not None else 0
         queue = self._snippets.drops if self._snippets is not None else 0
         return int(source + queue)
 
 
-def _see_one(stage: Any, *, snip: Snippet, features: Features, shed: int) -> None:
+def _see_one(stage: VisionStage, *, snip: Snippet, features: Features, shed: ShedLevel) -> None:
     stage.process(snip, features, shed=shed)
 
 
 def _hear_one(
-    stage: Any, *, snip: Snippet, features: Features, shed: int
+    stage: AudioStage, *, snip: Snippet, features: Features, shed: ShedLevel
 ) -> list[tuple[Snippet, Features]]:
     return list(stage.push(snip, features, shed=shed))
 
 
-def _flush_stage(stage: Any) -> list[tuple[Snippet, Features]]:
+def _flush_stage(stage: AudioStage) -> list[tuple[Snippet, Features]]:
     return list(stage.flush())
 
 
-def _skip(stage: Any, *, snip: Snippet, features: Features, what: str) -> None:
+def _skip(stage: VisionStage, *, snip: Snippet, features: Features, what: str) -> None:
     features.skipped.append(what)
 
 
 def _salvage(
-    stage: Any, *, snip: Snippet | None = None, features: Features | None = None
+    stage: AudioStage, *, snip: Snippet | None = None, features: Features | None = None
 ) -> list[tuple[Snippet, Features]]:
     """After the audio stage failed: what it still held, and the snippet it failed on,
     that one marked as missing its audio perception."""

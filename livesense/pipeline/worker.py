@@ -22,6 +22,7 @@ from livesense.memory.redis_store import RedisStore
 from livesense.memory.work_list import WorkList
 from livesense.pipeline.manager import StreamManager
 from livesense.pipeline.perception import Perception
+from livesense.pipeline.stream_state import StreamState
 
 log = logging.getLogger("livesense.worker")
 
@@ -112,7 +113,8 @@ class Worker:
                 log.info("stream %s ended: %s", sid, status["state"])
             elif spec is None or not spec.get("wanted"):
                 status = (await self.manager.stop(sid)).to_json()
-                await self.work.finish(sid, {**status, "state": "stopped"}, self.id)
+                stopped = {**status, "state": StreamState.STOPPED.value}
+                await self.work.finish(sid, stopped, self.id)
                 await asyncio.to_thread(self.store.release, sid)
                 self._forget(sid)
                 ended.add(sid)
@@ -124,7 +126,8 @@ class Worker:
             if not spec.get("wanted"):
                 if sid not in self.manager.pipelines and await self._unowned(sid):
                     status = await self.work.status(sid) or {}
-                    await self.work.finish(sid, {**status, "state": "stopped"}, self.id)
+                    stopped = {**status, "state": StreamState.STOPPED.value}
+                    await self.work.finish(sid, stopped, self.id)
                 continue
             if sid in self.manager.pipelines or len(self.manager.running()) >= self.max_streams:
                 continue
@@ -146,7 +149,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.release, sid)
             status = self.manager.pipelines[sid].status.to_json()
-            await self.work.report(sid, {**status, "state": "queued"}, self.id)
+            await self.work.report(sid, {**status, "state": StreamState.QUEUED.value}, self.id)
         self._forget(sid)
 
     def _forget(self, sid: str) -> None:

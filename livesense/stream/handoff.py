@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 
+from livesense.drop_policy import DropPolicy
 from livesense.records import AudioChunk, EndOfStream, Gap, VideoFrame
+from livesense.stream.counters import SourceCounters
 
 Item = VideoFrame | AudioChunk | Gap | EndOfStream
 
@@ -15,23 +19,29 @@ Item = VideoFrame | AudioChunk | Gap | EndOfStream
 class Handoff:
     """A bounded queue written by one thread and read by coroutines on one event loop.
 
-    Policy "wait" (files): the writer blocks while the queue is full, nothing is lost.
-    Policy "drop_oldest_video" (live): the writer never blocks; when full, the oldest video
-    frame goes first, then (with no video queued) the oldest audio chunk. Every drop is
-    counted. Gaps and end-of-stream are never dropped.
+    WAIT (files): the writer blocks while the queue is full, nothing is lost.
+    DROP_OLDEST (live): the writer never blocks; when full, the oldest video frame goes
+    first, then (with no video queued) the oldest audio chunk. Every drop is counted in
+    `counters` (the source's, when given). Gaps and end-of-stream are never dropped.
     """
 
-    POLICIES = ("wait", "drop_oldest_video")
+    POLICIES = (DropPolicy.WAIT, DropPolicy.DROP_OLDEST)
 
-    def __init__(self, maxsize: int, loop: asyncio.AbstractEventLoop, policy: str = "wait") -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        loop: asyncio.AbstractEventLoop,
+        policy: str = DropPolicy.WAIT,
+        counters: SourceCounters | None = None,
+    ) -> None:
         if maxsize < 1:
             raise ValueError("Handoff needs room for at least one item")
-        if policy not in self.POLICIES:
-            raise ValueError(f"unknown handoff policy {policy!r}")
+        drop = DropPolicy.named(policy)
+        if drop not in self.POLICIES:
+            raise ValueError(f"a media handoff cannot use the drop policy {drop.value!r}")
         self.maxsize = maxsize
-        self.policy = policy
-        self.video_drops = 0
-        self.audio_drops = 0
+        self.policy = drop
+        self.counters = counters if counters is not None else SourceCounters()
         self._loop = loop
         self._items: deque[Item] = deque()
         self._cond = threading.Condition()
@@ -40,7 +50,15 @@ class Handoff:
 
     @property
     def drops(self) -> int:
-        return self.video_drops + self.audio_drops
+        return self.counters.drops
+
+    @property
+    def video_drops(self) -> int:
+        return self.counters.video_drops
+
+    @property
+    def audio_drops(self) -> int:
+        return self.counters.audio_drops
 
     def qsize(self) -> int:
         return len(self._items)
@@ -48,7 +66,7 @@ class Handoff:
     def put(self, item: Item) -> bool:
         """Hand an item over (writer thread). False when the handoff was closed."""
         with self._cond:
-            if self.policy == "wait":
+            if self.policy is DropPolicy.WAIT:
                 while len(self._items) >= self.maxsize and not self._closed:
                     self._cond.wait(0.1)
             elif len(self._items) >= self.maxsize and not self._make_room(item):
@@ -71,18 +89,18 @@ class Handoff:
         for i, queued in enumerate(self._items):
             if isinstance(queued, VideoFrame):
                 del self._items[i]
-                self.video_drops += 1
+                self.counters.video_drops += 1
                 return True
         if isinstance(item, VideoFrame):
-            self.video_drops += 1
+            self.counters.video_drops += 1
             return False
         for i, queued in enumerate(self._items):
             if isinstance(queued, AudioChunk):
                 del self._items[i]
-                self.audio_drops += 1
+                self.counters.audio_drops += 1
                 return True
         if isinstance(item, AudioChunk):
-            self.audio_drops += 1
+            self.counters.audio_drops += 1
             return False
         return True  # only control items queued: let this one through
 
@@ -99,6 +117,17 @@ class Handoff:
                 waiter = self._loop.create_future()
                 self._waiter = waiter
             await waiter
+
+    async def relay(self, anchor: Callable[[], float | None]) -> AsyncIterator[Item]:
+        """The items up to EndOfStream (included). With the wall clock at stream time 0
+        known (`anchor()`), `counters.lag` follows how late each frame or chunk is."""
+        while True:
+            item = await self.get()
+            if isinstance(item, VideoFrame | AudioChunk) and (zero := anchor()) is not None:
+                self.counters.lag = time.time() - (zero + item.t)
+            yield item
+            if isinstance(item, EndOfStream):
+                return
 
     def close(self) -> None:
         """Wake a blocked writer and a waiting reader; further puts fail."""

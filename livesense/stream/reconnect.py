@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from livesense.errors import LivesenseError
-from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap, VideoFrame
-from livesense.stream.source import MediaSource
+from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap
+from livesense.stream.counters import SourceCounters
+from livesense.stream.handoff import Item
+from livesense.stream.source import Source
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +45,28 @@ class Outage:
         return f"the source dropped ({why}) and was reconnected after {tries}"
 
 
-class ReconnectingSource(MediaSource):
-    """Wraps an open live source and `opener`, which opens the same URL again when it drops."""
+class ReconnectingSource:
+    """A stream.source.Source wrapping an open live source and `opener`, which opens the same
+    URL again when it drops."""
+
+    live = True
+    duration: float | None = None
 
     def __init__(
         self,
-        first: MediaSource,
-        opener: Callable[[], MediaSource],
+        first: Source,
+        opener: Callable[[], Source],
         *,
         initial: float = 0.5,
         maximum: float = 30.0,
         attempts: int = 0,
         jitter: float = 0.1,
     ) -> None:
-        # MediaSource's constructor opens a PyAV container; the wrapped sources hold theirs.
         self.url = first.url
         self.shown = first.shown
-        self.live = True
-        self.realtime = first.realtime
         self.has_video = first.has_video
         self.has_audio = first.has_audio
         self.wall_anchor: float | None = None
-        self.fps = first.fps
-        self.max_side = first.max_side
-        self.queue_size = first.queue_size
-        self.duration: float | None = None
-        self.width = first.width
-        self.height = first.height
-        self.frames_decoded = 0
-        self.frames_sampled = 0
-        self.audio_chunks = 0
-        self.audio_samples = 0
-        self.gaps = 0
-        self.decode_errors = 0
-        self.lag = 0.0
         self.end_reason: str | None = None
         self.limit_reason: str | None = None
         self.initial = initial
@@ -83,41 +74,32 @@ class ReconnectingSource(MediaSource):
         self.max_attempts = attempts
         self.jitter = jitter
         self.current = first
-        self.reconnects = 0
         self.outages: deque[Outage] = deque(maxlen=100)
         self.attempt_times: deque[float] = deque(maxlen=100)  # monotonic, for tests and status
         self._opener = opener
-        self._past_video_drops = 0
-        self._past_audio_drops = 0
+        self._past = SourceCounters()  # the connections that ended
+        self._retired: Source | None = None  # the last of them (current until one reopens)
+        self._own = SourceCounters()  # gaps (outages included) and reconnects, counted here
         self._started = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
 
     def __repr__(self) -> str:
-        return f"ReconnectingSource({self.shown!r}, reconnects={self.reconnects})"
+        return f"ReconnectingSource({self.shown!r}, reconnects={self._own.reconnects})"
 
     @property
-    def video_drops(self) -> int:
-        return self._past_video_drops + self.current.video_drops
-
-    @property
-    def audio_drops(self) -> int:
-        return self._past_audio_drops + self.current.audio_drops
-
-    @property
-    def drops(self) -> int:
-        return self.video_drops + self.audio_drops
-
-    @property
-    def queue_depth(self) -> int:
-        return self.current.queue_depth
+    def counters(self) -> SourceCounters:
+        """The counts of every connection so far added up (a snapshot); gaps are this
+        stream's, outages included."""
+        ended = self.current is self._retired
+        total = self._past if ended else self._past.plus(self.current.counters)
+        return dataclasses.replace(total, gaps=self._own.gaps, reconnects=self._own.reconnects)
 
     def stats(self) -> dict[str, float | int]:
-        return {**self.current.stats(), "reconnects": self.reconnects, "gaps": self.gaps,
-                "drops": self.drops}
+        return self.counters.as_json()
 
-    async def items(self) -> AsyncIterator[VideoFrame | AudioChunk | Gap | EndOfStream]:
+    async def items(self) -> AsyncIterator[Item]:
         """Items of every connection in turn on one clock, a Gap across each outage."""
         if self._started:
             raise LivesenseError(f"The source {self.shown} is already being read.")
@@ -138,7 +120,7 @@ class ReconnectingSource(MediaSource):
                     if outage is not None:  # first media after a reconnect: close the gap
                         offset = self._resume_offset(source, reached, outage)
                         outage.end = offset
-                        self.gaps += 1
+                        self._own.gaps += 1
                         yield Gap(outage.start, offset, outage.describe())
                         reached = offset
                         outage = None
@@ -146,14 +128,13 @@ class ReconnectingSource(MediaSource):
                         self.wall_anchor = source.wall_anchor
                     if isinstance(item, Gap):
                         item = Gap(item.start + offset, item.end + offset, item.reason)
-                        self.gaps += 1
+                        self._own.gaps += 1
                     else:
                         item.t += offset
                         end = item.t
                         if isinstance(item, AudioChunk):
                             end += len(item.samples) / AUDIO_RATE
                         reached = max(reached, end)
-                    self.lag = source.lag
                     yield item
                 self._retire(source)
                 if self._closed:
@@ -172,12 +153,12 @@ class ReconnectingSource(MediaSource):
                     yield EndOfStream(failure)
                     return
                 self.current = fresh
-                self.reconnects += 1
+                self._own.reconnects += 1
                 RECONNECTS.inc()
         finally:
             self.close()
 
-    def _resume_offset(self, source: MediaSource, reached: float, outage: Outage) -> float:
+    def _resume_offset(self, source: Source, reached: float, outage: Outage) -> float:
         """Where the new connection's time 0 lies on this stream's clock (never before `reached`).
 
         With wall clocks on both sides, the outage lasts as long as it did in real time."""
@@ -185,15 +166,12 @@ class ReconnectingSource(MediaSource):
             return max(reached, source.wall_anchor - self.wall_anchor)
         return reached
 
-    def _retire(self, source: MediaSource) -> None:
-        self._past_video_drops += source.video_drops
-        self._past_audio_drops += source.audio_drops
-        self.frames_decoded += source.frames_decoded
-        self.frames_sampled += source.frames_sampled
-        self.decode_errors += source.decode_errors
+    def _retire(self, source: Source) -> None:
+        self._past = self._past.plus(source.counters)
+        self._retired = source
         source.close()
 
-    async def _reopen(self, outage: Outage) -> tuple[MediaSource | None, str | None]:
+    async def _reopen(self, outage: Outage) -> tuple[Source | None, str | None]:
         """Open the URL again, waiting initial, 2x, 4x ... (at most `maximum`) between tries."""
         delay = self.initial
         failures = 0

@@ -1,4 +1,4 @@
-"""WebRTC ingestion: the tracks of one WHIP publisher as a live MediaSource (aiortc).
+"""WebRTC ingestion: the tracks of one WHIP publisher as a live stream.source.Source (aiortc).
 
 Real-time first: frames are sampled as they are decoded and only the newest waiting frame is
 converted (aiortc's latest-frame relay idea); every frame or chunk left behind is counted.
@@ -22,11 +22,13 @@ import av
 import numpy as np
 
 from livesense.config import MediaLimits
+from livesense.drop_policy import DropPolicy
 from livesense.errors import SourceError, missing_package
 from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap, VideoFrame
+from livesense.stream.counters import SourceCounters
+from livesense.stream.frame_size import frame_size
 from livesense.stream.handoff import Handoff, Item
 from livesense.stream.media_guard import MediaGuard
-from livesense.stream.source import MediaSource, _frame_size
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
@@ -108,8 +110,9 @@ def _import_aiortc() -> Any:
     return aiortc
 
 
-class WebRTCSource(MediaSource):
-    """A live source fed by the audio and video tracks of one WebRTC peer connection.
+class WebRTCSource:
+    """A live stream.source.Source fed by the audio and video tracks of one WebRTC peer
+    connection.
 
     `accept(offer)` answers a publisher's SDP offer; `items()` then yields sampled RGB frames,
     16 kHz audio chunks, Gaps and a final EndOfStream (publisher gone, silent for
@@ -129,7 +132,6 @@ class WebRTCSource(MediaSource):
         sync_wait: float = 2.0,
         limits: MediaLimits | None = None,
     ) -> None:
-        # MediaSource's constructor opens a PyAV container; this source has none.
         self.url = url
         self.shown = url
         self.live = True
@@ -149,16 +151,7 @@ class WebRTCSource(MediaSource):
         self.sync_wait = sync_wait
         self.guard = MediaGuard(limits, f"The publisher of {url}", live=True)
         self.limit_reason: str | None = None
-        # counters
-        self.frames_decoded = 0
-        self.frames_sampled = 0
-        self.audio_chunks = 0
-        self.audio_samples = 0
-        self.gaps = 0
-        self.decode_errors = 0
-        self.skipped_video = 0  # decoded frames skipped to catch up, or replaced while waiting
-        self.skipped_audio = 0  # audio frames dropped from a backlog
-        self.lag = 0.0
+        self.counters = SourceCounters()  # drops include frames skipped to catch up
         self.end_reason: str | None = None
         self.remote_ufrag: str | None = None
         self.remote_pwd: str | None = None
@@ -190,18 +183,6 @@ class WebRTCSource(MediaSource):
 
     def __repr__(self) -> str:
         return f"WebRTCSource({self.url!r})"
-
-    @property
-    def drops(self) -> int:
-        return self.video_drops + self.audio_drops
-
-    @property
-    def video_drops(self) -> int:
-        return self.skipped_video + (self._handoff.video_drops if self._handoff else 0)
-
-    @property
-    def audio_drops(self) -> int:
-        return self.skipped_audio + (self._handoff.audio_drops if self._handoff else 0)
 
     def clocks(self) -> dict[str, str]:
         """Where each track's times come from: "rtcp" (sender reports) or "arrival"."""
@@ -249,7 +230,9 @@ class WebRTCSource(MediaSource):
                 self.remote_ufrag = line.split(":", 1)[1].strip()
             elif line.startswith("a=ice-pwd:") and self.remote_pwd is None:
                 self.remote_pwd = line.split(":", 1)[1].strip()
-        self._handoff = Handoff(self.queue_size, self._loop, "drop_oldest_video")
+        self._handoff = Handoff(
+            self.queue_size, self._loop, DropPolicy.DROP_OLDEST, self.counters
+        )
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -310,9 +293,9 @@ class WebRTCSource(MediaSource):
                 await self.pc.addIceCandidate(None)
         return added
 
-    # ---- MediaSource --------------------------------------------------------------------
+    # ---- Source --------------------------------------------------------------------------
 
-    async def items(self) -> AsyncIterator[VideoFrame | AudioChunk | Gap | EndOfStream]:
+    async def items(self) -> AsyncIterator[Item]:
         """Items in arrival order (each track in time order); the last one is EndOfStream."""
         if self._started:
             raise SourceError(f"The source {self.url} is already being read.")
@@ -321,13 +304,8 @@ class WebRTCSource(MediaSource):
             yield EndOfStream("The WebRTC source was never connected to a publisher.")
             return
         try:
-            while True:
-                item = await self._handoff.get()
-                if isinstance(item, VideoFrame | AudioChunk):
-                    self.lag = time.time() - (self.timeline.anchor + item.t)
+            async for item in self._handoff.relay(lambda: self.timeline.anchor):
                 yield item
-                if isinstance(item, EndOfStream):
-                    return
         finally:
             self.close()
 
@@ -346,7 +324,8 @@ class WebRTCSource(MediaSource):
         await self._shutdown()
 
     def stats(self) -> dict[str, float | int]:
-        out = super().stats()
+        queued = self._handoff.qsize() if self._handoff is not None else 0
+        out = self.counters.as_json(queued)
         out["sessions"] = self.timeline.sessions
         return out
 
@@ -416,11 +395,11 @@ class WebRTCSource(MediaSource):
                     newer = backlog.get_nowait()
                     if newer is None:  # the track ended
                         return
-                    self.skipped_video += 1
+                    self.counters.video_drops += 1
                     frame = newer
                 arrival = time.time()
                 self._last_media = time.monotonic()
-                self.frames_decoded += 1
+                self.counters.frames_decoded += 1
                 if frame.pts is None or frame.time_base is None:
                     continue
                 why = self.guard.live_frame(int(frame.width), int(frame.height))
@@ -440,7 +419,7 @@ class WebRTCSource(MediaSource):
                     continue
                 self._last_slot = slot
                 if self._pending is not None:
-                    self.skipped_video += 1  # conversion is behind: replace the waiting frame
+                    self.counters.video_drops += 1  # conversion is behind: replace the waiting one
                 self._pending = (p, frame)
                 self._wake_video.set()
         except MediaStreamError:
@@ -459,13 +438,13 @@ class WebRTCSource(MediaSource):
             try:
                 image = await asyncio.to_thread(self._to_rgb, frame)
             except (ValueError, av.FFmpegError):
-                self.decode_errors += 1
+                self.counters.decode_errors += 1
                 continue
-            self.frames_sampled += 1
+            self.counters.frames_sampled += 1
             self._deliver("video", p, image)
 
     def _to_rgb(self, frame: Any) -> np.ndarray:
-        w, h = _frame_size(frame.width, frame.height, self.max_side)
+        w, h = frame_size(frame.width, frame.height, self.max_side)
         self.width, self.height = frame.width, frame.height
         return np.asarray(frame.reformat(width=w, height=h, format="rgb24").to_ndarray())
 
@@ -481,7 +460,7 @@ class WebRTCSource(MediaSource):
                     newer = backlog.get_nowait()
                     if newer is None:
                         return
-                    self.skipped_audio += 1
+                    self.counters.audio_drops += 1
                     frame = newer
                 arrival = time.time()
                 self._last_media = time.monotonic()
@@ -531,8 +510,8 @@ class WebRTCSource(MediaSource):
     def _flush_gather(self) -> None:
         if self._gather and self._gather_p is not None:
             samples = np.concatenate(self._gather)
-            self.audio_chunks += 1
-            self.audio_samples += len(samples)
+            self.counters.audio_chunks += 1
+            self.counters.audio_samples += len(samples)
             self._deliver("audio", self._gather_p, samples)
         self._gather, self._gather_p = [], None
 
@@ -548,9 +527,9 @@ class WebRTCSource(MediaSource):
             if len(sync.held) > self.queue_size:
                 sync.held.pop(0)
                 if kind == "video":
-                    self.skipped_video += 1
+                    self.counters.video_drops += 1
                 else:
-                    self.skipped_audio += 1
+                    self.counters.audio_drops += 1
             self._maybe_release()
             return
         self._put(kind, p + sync.offset - self.timeline.anchor, payload)
@@ -623,7 +602,7 @@ class WebRTCSource(MediaSource):
 
     def _put_gap(self, gap: Gap) -> None:
         assert self._handoff is not None
-        self.gaps += 1
+        self.counters.gaps += 1
         self._handoff.put(gap)
 
     # ---- end ----------------------------------------------------------------------------
