@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("livesense.whip")
 
 MAX_SDP_BYTES = 256 * 1024
+UNUSABLE_OFFER = (
+    "The SDP offer could not be used: it is malformed or asks for something this service does "
+    "not support."
+)
 REPLACE_TIMEOUT = 20.0  # s a replaced session's stream may take to flush before the new one
 CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -304,6 +308,11 @@ def whip_router(services: Services) -> WhipRouter:
         except SourceError as e:
             await source.aclose()
             return _error(400, str(e))
+        except Exception:  # the WebRTC library failing on hostile input: the offer's fault
+            log.warning("WHIP offer for stream %s failed in the WebRTC library", stream,
+                        exc_info=True)  # fmt: skip
+            await source.aclose()
+            return _error(400, UNUSABLE_OFFER)
         try:
             await manager.start(source.url, stream, realtime=True, source=source)
         except LivesenseError as e:
@@ -361,6 +370,10 @@ def whip_router(services: Services) -> WhipRouter:
         except SourceError as e:
             status = 422 if "restart" in str(e) else 400
             return _error(status, str(e))
+        except Exception:  # the WebRTC library failing on hostile input
+            log.warning("WHIP PATCH of session %s failed in the WebRTC library", found.id,
+                        exc_info=True)  # fmt: skip
+            return _error(400, "The ICE candidates could not be added to this session.")
         return Response(status_code=204, headers={**CORS, "ETag": found.etag})
 
     @router.delete("/whip/{stream}/{session}")

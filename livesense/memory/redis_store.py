@@ -975,7 +975,7 @@ class RedisStore(Store):
         self, qvec: np.ndarray, stream: str | None, start: float | None, end: float | None, k: int
     ) -> dict[Key, float]:
         """The k records nearest to the query by pooled vector within the filters, with their
-        exact cosine (the best of their tokens)."""
+        exact cosine (the best of their tokens); within a stream, exactly the k nearest."""
         q = np.ascontiguousarray(qvec, np.float32)
         params: list[Any] = ["q", q.astype(np.float16).tobytes()]
         where = []
@@ -988,7 +988,10 @@ class RedisStore(Store):
             where.append(f"(@end:[({a} +inf] | @start:[{a} {a}])")
         if end is not None:
             where.append(f"@start:[-inf {float(end)!r}]")
-        query = f"({' '.join(where) or '*'})=>[KNN {int(k)} @vec $q AS knn_d]"
+        # Within a stream, every one of its records is compared (no graph walk through other
+        # streams' records), so which records come back depends on that stream alone.
+        policy = " HYBRID_POLICY ADHOC_BF" if stream is not None else ""
+        query = f"({' '.join(where) or '*'})=>[KNN {int(k)} @vec $q{policy} AS knn_d]"
         reply = await self._client.execute_command(
             "FT.SEARCH", self.keys.vector_index, query, "PARAMS", len(params), *params,
             "SORTBY", "knn_d", "RETURN", 1, TOKENS, "LIMIT", 0, int(k), "DIALECT", 2,
