@@ -4,6 +4,7 @@ revocation of open sockets and sessions, slow requests, weak tokens, private fil
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -181,3 +182,288 @@ def test_a_stream_search_finds_the_same_records_whatever_other_streams_hold() ->
     assert crowded.projected
     assert crowded.search(q, top_k=20, stream="alpha") == alone.search(q, top_k=20, stream="alpha")
     assert crowded.count("alpha") == 3000 and crowded.count() == 15000
+
+
+# -- a real `livesense serve` with small limits, for points 3 and 5 to 7 ----------------------
+
+LIGHT = {  # perception kept light: WHIP sessions need models loaded, not all of them
+    "LIVESENSE_PERCEPTION__ASR": "false",
+    "LIVESENSE_PERCEPTION__EVENTS": "false",
+    "LIVESENSE_PERCEPTION__OCR": "false",
+    "LIVESENSE_PERCEPTION__FACES": "false",
+}
+LIMITS = {
+    "LIVESENSE_SECURITY__REVOCATION_SECONDS": "2",
+    "LIVESENSE_SECURITY__HEADER_TIMEOUT": "2",
+    "LIVESENSE_SECURITY__BODY_TIMEOUT": "1",
+    "LIVESENSE_SECURITY__MAX_CONNECTIONS_PER_CLIENT": "6",
+}
+
+
+class Live:
+    """`livesense serve` over a memory holding stream alpha, with scoped tokens in tokens.db."""
+
+    def __init__(self, memory: Path, env: dict[str, str]) -> None:
+        self.memory = memory
+        settings = load_settings(memory=memory)
+        with MemoryStore(memory, settings.store) as store:
+            for i, text in enumerate(ALPHA):
+                store.add(record("alpha", i, text), b"\xff\xd8\xff\xd9")
+        (memory.parent / "admin-token").write_text(ADMIN + "\n")
+        self.port = free_port()
+        self.proc = serve("--memory", str(memory), "--port", str(self.port),
+                          "--token-file", str(memory.parent / "admin-token"), env=env)  # fmt: skip
+        self.url = wait_healthy(self.port, self.proc)
+        self.ws = self.url.replace("http://", "ws://")
+
+    def token(self, scope: str, stream: str) -> tuple[str, str]:
+        """(token, id) of a new scoped token, issued by the CLI as an operator does."""
+        r = livesense("token", "create", "--stream", stream, "--scope", scope,
+                      "--memory", str(self.memory))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        token = r.stdout.strip()
+        return token, token.split("_")[1]
+
+    def revoke(self, tid: str) -> float:
+        """Revoke through the CLI (another process); the time the revocation was stored."""
+        r = livesense("token", "revoke", tid, "--memory", str(self.memory))
+        assert r.returncode == 0, r.stderr
+        return time.monotonic()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    server = Live(tmp_path_factory.mktemp("live") / "memory", {**LIGHT, **LIMITS})
+    yield server
+    stop(server.proc)
+
+
+def closed_within(ws: object, seconds: float) -> tuple[int | None, float]:
+    """(close code, seconds waited) once the server closes the socket; hits are read past."""
+    from websockets.exceptions import ConnectionClosed
+
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < seconds:
+            ws.recv(timeout=seconds)  # type: ignore[attr-defined]
+    except ConnectionClosed as e:
+        return (e.rcvd.code if e.rcvd else None), time.monotonic() - t0
+    except TimeoutError:
+        pass
+    return None, time.monotonic() - t0
+
+
+def test_revocation_ends_an_open_watch_socket(live: Live) -> None:
+    from websockets.sync.client import connect
+
+    token, tid = live.token("read", "alpha")
+    with connect(f"{live.ws}/v1/watch?q=train", additional_headers=bearer(token)) as ws:
+        assert "watching" in ws.recv(timeout=10)
+        revoked_at = live.revoke(tid)
+        code, _ = closed_within(ws, 2 + 3)
+        waited = time.monotonic() - revoked_at
+    assert code == 1008 and waited <= 2 + 1.5, (code, waited)
+    r = httpx.get(f"{live.url}/v1/search", params={"q": "train"}, headers=bearer(token))
+    assert r.status_code == 401
+
+
+async def _publish(url: str, token: str, stream: str) -> tuple[object, httpx.Response]:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        sdp = {**bearer(token), "Content-Type": "application/sdp"}
+        r = await client.post(f"/whip/{stream}", content=pc.localDescription.sdp, headers=sdp)
+    if r.status_code == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+    return pc, r
+
+
+def test_revocation_ends_an_open_whip_session(live: Live) -> None:
+    pytest.importorskip("aiortc")
+    import asyncio
+
+    token, tid = live.token("publish", "cam")
+
+    def publisher() -> dict[str, object] | None:
+        r = httpx.get(f"{live.url}/v1/streams/cam/timeline", headers=bearer(ADMIN))
+        return r.json()["publisher"] if r.status_code == 200 else None
+
+    async def scenario() -> float:
+        pc, r = await _publish(live.url, token, "cam")
+        try:
+            assert r.status_code == 201, r.text
+            deadline = time.monotonic() + 30
+            while await asyncio.to_thread(publisher) is None:
+                assert time.monotonic() < deadline, "the session never showed"
+                await asyncio.sleep(0.2)
+            revoked_at = await asyncio.to_thread(live.revoke, tid)
+            while await asyncio.to_thread(publisher) is not None:
+                if time.monotonic() - revoked_at > 10:
+                    break
+                await asyncio.sleep(0.2)
+            return time.monotonic() - revoked_at
+        finally:
+            await pc.close()  # type: ignore[attr-defined]
+
+    waited = asyncio.run(scenario())
+    assert waited <= 2 + 1.5, waited
+
+
+def test_revocation_reaches_every_process_through_redis(tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    gen = redis_server(tmp_path / "redis")
+    server = next(gen)
+    try:
+        r = livesense("token", "create", "--stream", "alpha", "--redis", server.url)
+        assert r.returncode == 0, r.stderr
+        token = r.stdout.strip()
+        procs, ports = [], [free_port(), free_port()]
+        for port in ports:  # two API processes sharing Redis
+            procs.append(serve("--redis", server.url, "--port", str(port), "--token", ADMIN,
+                               "--memory", str(tmp_path / "m"), env=LIMITS))  # fmt: skip
+        try:
+            pairs = zip(ports, procs, strict=True)
+            urls = [wait_healthy(p, pr).replace("http", "ws") for p, pr in pairs]
+            sockets = [connect(f"{u}/v1/watch?q=train&token={token}", legacy=True) for u in urls]
+            for ws in sockets:
+                assert "watching" in ws.recv(timeout=10)
+            r = livesense("token", "revoke", token.split("_")[1], "--redis", server.url)
+            assert r.returncode == 0, r.stderr
+            revoked_at = time.monotonic()
+            for ws in sockets:
+                code, _ = closed_within(ws, 5)
+                assert code == 1008
+            assert time.monotonic() - revoked_at <= 2 + 1.5
+        finally:
+            for proc in procs:
+                stop(proc)
+    finally:
+        next(gen, None)
+
+
+def raw(port: int, data: bytes, wait: float) -> tuple[bytes, float]:
+    """Send bytes on a fresh socket; (everything the server sent until it closed, seconds)."""
+    import socket
+
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+    return got, time.monotonic() - t0
+
+
+def test_slow_headers_and_stalled_bodies_are_timed_out(live: Live) -> None:
+    got, took = raw(live.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", 10)
+    assert got.startswith(b"HTTP/1.1 408") and took < 2 + 2, (got, took)
+    assert b'"error"' in got
+    head = (f"POST /v1/ask HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{").encode()  # fmt: skip
+    got, took = raw(live.port, head, 10)
+    assert got.startswith(b"HTTP/1.1 408") and took < 1 + 2, (got, took)
+    assert b"stopped arriving" in got
+
+
+def test_connections_per_client_are_bounded(live: Live) -> None:
+    import socket
+
+    held = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(6)]
+    try:
+        time.sleep(0.2)
+        got, took = raw(live.port, b"", 5)  # the seventh
+        assert got.startswith(b"HTTP/1.1 429") and b"Retry-After" in got and took < 2, got
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{live.url}/healthz").status_code == 200
+
+
+def test_watch_refusals_are_http_answers_with_a_sentence(live: Live) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    token, _ = live.token("read", "alpha")
+    cases = [
+        ("/v1/watch?q=train", {"Authorization": f"Basic {token}"}, 401),
+        ("/v1/watch?q=train", {}, 401),
+        ("/v1/watch?q=train&stream=beta", bearer(token), 403),
+        ("/v1/watch?q=", bearer(token), 400),
+    ]
+    for path, headers, status in cases:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(live.ws + path, additional_headers=headers).close()
+        response = refused.value.response
+        assert response.status_code == status, (path, response.status_code)
+        assert json.loads(response.body)["error"].endswith(".")
+        if status == 401:
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    with connect(f"{live.ws}/v1/watch?q=train", additional_headers=bearer(token)) as ws:
+        assert "watching" in ws.recv(timeout=10)
+
+
+def test_docs_and_page_are_public_and_data_is_not(live: Live) -> None:
+    # What the README promises: the page, /docs and the schema hold no data and need no token;
+    # every data endpoint does.
+    for path in ("/", "/docs", "/openapi.json", "/healthz"):
+        assert httpx.get(live.url + path).status_code == 200, path
+    for path in ("/v1/streams", "/v1/search?q=train", "/metrics", "/v1/streams/alpha/timeline",
+                 "/v1/keyframes/alpha/0.jpg"):  # fmt: skip
+        assert httpx.get(live.url + path).status_code == 401, path
+
+
+def test_memory_files_are_private(live: Live) -> None:
+    assert (live.memory / "memory.db").stat().st_mode & 0o777 == 0o600
+    assert (live.memory / "keyframes").stat().st_mode & 0o777 == 0o700
+    assert (live.memory / "tokens.db").stat().st_mode & 0o777 == 0o600
+
+
+# -- 6. weak admin tokens, guessing ----------------------------------------------------------
+
+
+def test_weak_admin_tokens_are_refused(tmp_path: Path) -> None:
+    for given in (["--token", "a"], ["--token", "1234567"]):
+        r = livesense("serve", "--memory", str(tmp_path / "m"), "--port", str(free_port()),
+                      *given, timeout=120)  # fmt: skip
+        assert r.returncode == 1 and "at least 8 characters" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = livesense("serve", "--memory", str(tmp_path / "m"), "--port", str(free_port()),
+                  timeout=120, env={"LIVESENSE_SERVER__TOKEN": "short"})  # fmt: skip
+    assert r.returncode == 1 and "at least 8 characters" in r.stderr
+    helped = livesense("serve", "--help").stdout
+    assert "--token-file" in helped and "LIVESENSE_SERVER__TOKEN" in helped
+
+
+def test_wrong_tokens_are_rate_limited(tmp_path: Path) -> None:
+    env = {"LIVESENSE_SECURITY__AUTH_FAILURES_PER_MINUTE": "30",
+           "LIVESENSE_SECURITY__AUTH_FAILURE_BURST": "5"}  # fmt: skip
+    port = free_port()
+    proc = serve("--memory", str(tmp_path / "m"), "--port", str(port), "--token", ADMIN, env=env)
+    try:
+        url = wait_healthy(port, proc)
+        t0 = time.monotonic()
+        codes = [
+            httpx.get(f"{url}/v1/streams", headers=bearer(f"guess-{i}")).status_code
+            for i in range(30)
+        ]
+        took = time.monotonic() - t0
+        refills = int(took / 2.0)  # one more wrong try every 2 s
+        assert codes[:5] == [401] * 5 and codes.count(401) <= 5 + refills, codes
+        assert codes[-1] == 429 and set(codes) == {401, 429}, codes
+        r = httpx.get(f"{url}/v1/streams", headers=bearer("guess-again"))
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert r.json()["error"].endswith(".")
+        time.sleep(2.1)  # 30 a minute: one more try every 2 s
+        assert httpx.get(f"{url}/v1/streams", headers=bearer(ADMIN)).status_code == 200
+    finally:
+        stop(proc)
