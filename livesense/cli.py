@@ -22,6 +22,7 @@ from livesense.config import Settings, load_settings
 from livesense.engines.cli import bench_app, engines_app
 from livesense.errors import LivesenseError
 from livesense.records import Answer, Hit
+from livesense.urls import shown_url
 
 app = typer.Typer(
     name="livesense",
@@ -322,7 +323,9 @@ async def _serve(
         from livesense.memory.work_list import WorkList
         from livesense.pipeline.worker import Worker
 
-        work = WorkList(settings.redis.url or "", settings.redis.prefix)
+        work = WorkList(
+            settings.redis.url or "", settings.redis.prefix, settings.security.source_key
+        )
         if source is not None:  # this process is a worker too (and takes WHIP publishers)
             worker = Worker(settings, store, work, perception)
     tokens = open_token_store(settings.memory, settings.redis.url, settings.redis.prefix)
@@ -349,13 +352,13 @@ async def _serve(
         with contextlib.suppress(LivesenseError):  # already on the list: it runs on
             await work.start(source, sid, realtime=realtime)
         worker_task = asyncio.create_task(worker.run())
-        err.print(f"ingesting {source} as stream {sid} (Redis work list)")
+        err.print(f"ingesting {shown_url(source)} as stream {sid} (Redis work list)")
     elif source is not None and manager is not None:
         with err.status("loading models…"):
             await asyncio.to_thread(perception.load)
         pipeline = await manager.start(source, stream, realtime=realtime)
         await asyncio.sleep(0)
-        err.print(f"ingesting {source} as stream {pipeline.stream}")
+        err.print(f"ingesting {shown_url(source)} as stream {pipeline.stream}")
     drain = settings.resilience.drain_seconds
     http, ws = ConnectionGuard(settings.security).protocols()  # slow headers, many sockets
     config = uvicorn.Config(
@@ -387,8 +390,6 @@ async def _serve(
 
 def _where(settings: Settings) -> str:
     if settings.redis.url:
-        from livesense.memory.redis_store import shown_url
-
         return shown_url(settings.redis.url)
     return str(settings.memory)
 
@@ -441,7 +442,7 @@ async def _worker(settings: Settings) -> None:
     from livesense.pipeline.worker import Worker
 
     store = _open_store(settings.memory, settings, readonly=False)
-    work = WorkList(settings.redis.url or "", settings.redis.prefix)
+    work = WorkList(settings.redis.url or "", settings.redis.prefix, settings.security.source_key)
     worker_ = Worker(settings, store, work, Perception.from_settings(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

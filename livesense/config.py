@@ -232,6 +232,11 @@ class SecuritySettings(BaseModel):
     body_timeout: float = Field(
         15.0, gt=0.0, description="Seconds a request body may go without a byte arriving."
     )
+    source_key: str | None = Field(
+        None,
+        description="Secret shared by API processes and workers that seals source URLs holding "
+        "credentials on their way through Redis (never written there in the clear).",
+    )
     max_connections_per_client: int = Field(
         64, ge=1, description="Open connections per client address; more are closed at once."
     )

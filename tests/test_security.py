@@ -200,6 +200,14 @@ LIMITS = {
 }
 
 
+def issue_token(memory: Path, scope: str, stream: str) -> tuple[str, str]:
+    """(token, id) of a new scoped token, issued by the CLI as an operator does."""
+    r = livesense("token", "create", "--stream", stream, "--scope", scope, "--memory", str(memory))
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    return token, token.split("_")[1]
+
+
 class Live:
     """`livesense serve` over a memory holding stream alpha, with scoped tokens in tokens.db."""
 
@@ -217,12 +225,7 @@ class Live:
         self.ws = self.url.replace("http://", "ws://")
 
     def token(self, scope: str, stream: str) -> tuple[str, str]:
-        """(token, id) of a new scoped token, issued by the CLI as an operator does."""
-        r = livesense("token", "create", "--stream", stream, "--scope", scope,
-                      "--memory", str(self.memory))  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        token = r.stdout.strip()
-        return token, token.split("_")[1]
+        return issue_token(self.memory, scope, stream)
 
     def revoke(self, tid: str) -> float:
         """Revoke through the CLI (another process); the time the revocation was stored."""
@@ -467,3 +470,138 @@ def test_wrong_tokens_are_rate_limited(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/v1/streams", headers=bearer(ADMIN)).status_code == 200
     finally:
         stop(proc)
+
+
+# -- 2. credentials in source URLs never leave the process -------------------------------------
+
+SECRETS = (b"S3cretPW", b"camuser", b"T0pSecret")
+
+
+@pytest.fixture(scope="module")
+def media_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """An HTTP server of a short clip (it ignores the credentials a URL gives)."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.media import make_clip
+
+    folder = tmp_path_factory.mktemp("media")
+    make_clip(folder / "clip.mp4", 4.0, text="GATE 7")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield int(httpd.server_address[1])
+    httpd.shutdown()
+
+
+def secret_url(port: int) -> str:
+    return f"http://camuser:S3cretPW@127.0.0.1:{port}/clip.mp4?token=T0pSecret&x=1"
+
+
+def no_secrets(blob: bytes | str, where: str) -> None:
+    data = blob.encode() if isinstance(blob, str) else blob
+    for s in SECRETS:
+        assert s not in data, (where, s, data[:600])
+
+
+def wait_state(get: object, stream: str, states: tuple[str, ...], seconds: float = 120) -> dict:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        listed = get("/v1/streams").json()["streams"]  # type: ignore[operator]
+        ingest = next((s["ingest"] for s in listed if s["stream"] == stream), None)
+        if ingest and ingest["state"] in states:
+            return dict(ingest)
+        time.sleep(0.3)
+    raise AssertionError(f"stream {stream} never reached {states}")
+
+
+def test_source_credentials_are_never_shown(tmp_path: Path, media_server: int) -> None:
+    memory = tmp_path / "memory"
+    port = free_port()
+    proc = serve("--memory", str(memory), "--port", str(port), "--token", ADMIN, env=LIGHT)
+    stderr = ""
+    try:
+        url = wait_healthy(port, proc)
+        admin = httpx.Client(base_url=url, headers=bearer(ADMIN), timeout=60)
+        r = admin.post("/v1/streams", json={"url": secret_url(media_server), "stream": "cam"})
+        assert r.status_code == 201, r.text
+        no_secrets(r.content, "POST answer")
+        assert r.json()["url"] == f"http://***@127.0.0.1:{media_server}/clip.mp4?token=***&x=1"
+        wait_state(admin.get, "cam", ("done",))
+        refused = admin.post("/v1/streams", json={"url": f"rtsp://camuser:S3cretPW@127.0.0.1:"
+                                                         f"{free_port()}/live", "stream": "dead"})
+        assert refused.status_code >= 400
+        no_secrets(refused.content, "refusal")
+        read, _ = issue_token(memory, "read", "cam")
+        publish, _ = issue_token(memory, "publish", "cam")
+        for token in (ADMIN, read, publish):
+            no_secrets(httpx.get(f"{url}/v1/streams", headers=bearer(token)).content, "list")
+        timeline = httpx.get(f"{url}/v1/streams/cam/timeline", headers=bearer(read))
+        assert timeline.status_code == 200 and timeline.json()["moments"]
+        no_secrets(timeline.content, "timeline")
+        no_secrets(admin.get("/metrics").content, "metrics")
+        no_secrets(httpx.get(f"{url}/").content, "page")
+        admin.close()
+    finally:
+        stderr = stop(proc)
+    no_secrets(stderr, "logs")
+    no_secrets((memory / "memory.db").read_bytes(), "memory")
+
+
+def test_source_credentials_travel_through_redis_sealed(tmp_path: Path, media_server: int) -> None:
+    import redis
+
+    gen = redis_server(tmp_path / "redis")
+    server = next(gen)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        port = free_port()
+        args = ("--redis", server.url, "--port", str(port), "--token", ADMIN,
+                "--memory", str(tmp_path / "m"))  # fmt: skip
+        keyless = serve(*args, env=LIGHT)
+        try:
+            url = wait_healthy(port, keyless)
+            r = httpx.post(f"{url}/v1/streams", headers=bearer(ADMIN), timeout=30,
+                           json={"url": secret_url(media_server), "stream": "cam"})  # fmt: skip
+            assert r.status_code == 400 and "source_key" in r.json()["error"], r.text
+            no_secrets(r.content, "refusal")
+        finally:
+            stop(keyless)
+        keyed = {**LIGHT, "LIVESENSE_SECURITY__SOURCE_KEY": "a shared secret of the fleet"}
+        procs.append(serve(*args, env=keyed))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "livesense.cli", "worker", "--redis", server.url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **keyed},
+        ))  # fmt: skip
+        url = wait_healthy(port, procs[0])
+        admin = httpx.Client(base_url=url, headers=bearer(ADMIN), timeout=30)
+        r = admin.post("/v1/streams", json={"url": secret_url(media_server), "stream": "cam"})
+        assert r.status_code == 201, r.text
+        no_secrets(r.content, "POST answer")
+        done = wait_state(admin.get, "cam", ("done",), 180)  # the worker opened the real URL
+        assert done["error"] is None and done["snippets"] >= 1, done
+        no_secrets(admin.get("/v1/streams").content, "list")
+        admin.close()
+        client = redis.Redis.from_url(server.url)
+        for key in client.keys("*"):
+            kind = client.type(key)
+            value = {b"string": lambda k: client.get(k) or b"",
+                     b"hash": lambda k: str(client.hgetall(k)).encode(),
+                     b"set": lambda k: str(client.smembers(k)).encode(),
+                     b"zset": lambda k: str(client.zrange(k, 0, -1)).encode(),
+                     b"list": lambda k: str(client.lrange(k, 0, -1)).encode(),
+                     b"stream": lambda k: str(client.xrange(k)).encode()}.get(kind)  # fmt: skip
+            no_secrets(key + (value(key) if value else b""), f"redis {key!r}")
+        client.close()
+    finally:
+        for proc in procs:
+            no_secrets(stop(proc), "logs")
+        next(gen, None)

@@ -23,7 +23,7 @@ from livesense.api.auth import RateLimiter
 from livesense.config import SecuritySettings
 from livesense.errors import missing_package
 from livesense.memory.redis_keys import RedisKeys
-from livesense.memory.redis_store import shown_url
+from livesense.urls import shown_url
 
 log = logging.getLogger("livesense.api")
 

@@ -287,7 +287,7 @@ def whip_router(services: Services) -> WhipRouter:
                     **{"Retry-After": "10"},
                 )
             if old is None and stream in manager.running():
-                url = manager.pipelines[stream].url
+                url = manager.pipelines[stream].status.url  # credentials hidden
                 if not url.startswith("whip://"):
                     return _error(
                         409, f"Stream {stream} is being ingested from {url}; stop it or pick "

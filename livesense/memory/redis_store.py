@@ -41,7 +41,6 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -83,6 +82,7 @@ from livesense.memory.tiers import (
     with_gaps,
 )
 from livesense.records import Hit, SnippetRecord
+from livesense.urls import shown_url
 
 if TYPE_CHECKING:
     from livesense.memory.watch import WatchHub
@@ -177,18 +177,6 @@ RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def shown_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
 def _import_redis() -> Any:

@@ -38,6 +38,7 @@ from livesense.pipeline.supervisor import StageSupervisor
 from livesense.records import EndOfStream, Features, Gap, Snippet
 from livesense.stream.reconnect import ReconnectingSource
 from livesense.stream.source import MediaSource, open_source
+from livesense.urls import shown_url
 
 log = logging.getLogger("livesense.pipeline")
 
@@ -110,7 +111,7 @@ class StreamPipeline:
         self.store = store
         self.perception = perception
         self.realtime = realtime
-        self.status = StreamStatus(stream=stream, url=url)
+        self.status = StreamStatus(stream=stream, url=shown_url(url))  # no credentials shown
         self.on_record = on_record
         self.source: MediaSource | None = source  # given: already open (e.g. a WebRTC track)
         self._pools = {
