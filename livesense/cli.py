@@ -22,6 +22,7 @@ from livesense.config import Settings, load_settings
 from livesense.engines.cli import bench_app, engines_app
 from livesense.errors import LivesenseError
 from livesense.records import Answer, Hit
+from livesense.urls import shown_url
 
 app = typer.Typer(
     name="livesense",
@@ -230,10 +231,16 @@ ServeHost = Annotated[
 ]
 ServePort = Annotated[int | None, typer.Option("--port", help="Port (default 8000).")]
 ServeToken = Annotated[
-    str | None, typer.Option("--token", help="Bearer token every endpoint but /healthz needs.")
+    str | None,
+    typer.Option(
+        "--token",
+        help="Admin bearer token (8+ characters) every data endpoint needs. It shows in the "
+        "process list: prefer --token-file or LIVESENSE_SERVER__TOKEN.",
+    ),
 ]
 ServeTokenFile = Annotated[
-    Path | None, typer.Option("--token-file", help="File holding the admin token.")
+    Path | None,
+    typer.Option("--token-file", help="File holding the admin token (first line, 8+ characters)."),
 ]
 
 
@@ -292,13 +299,18 @@ async def _serve(
     import uvicorn
 
     from livesense.api.app import Services, create_app
-    from livesense.api.auth import bind_host, read_token_file
-    from livesense.api.server import Server
+    from livesense.api.auth import bind_host, check_admin_token, read_token_file
+    from livesense.api.server import ConnectionGuard, Server
     from livesense.api.tokens import open_token_store
     from livesense.memory.watch import WatchHub
     from livesense.pipeline.manager import StreamManager
     from livesense.pipeline.perception import Perception
 
+    admin_token = settings.server.token
+    if admin_token is not None:
+        admin_token = check_admin_token(admin_token)
+    elif settings.security.token_file is not None:
+        admin_token = read_token_file(settings.security.token_file)
     hub = WatchHub()
     shared = settings.redis.url is not None
     store = _open_store(
@@ -311,12 +323,11 @@ async def _serve(
         from livesense.memory.work_list import WorkList
         from livesense.pipeline.worker import Worker
 
-        work = WorkList(settings.redis.url or "", settings.redis.prefix)
+        work = WorkList(
+            settings.redis.url or "", settings.redis.prefix, settings.security.source_key
+        )
         if source is not None:  # this process is a worker too (and takes WHIP publishers)
             worker = Worker(settings, store, work, perception)
-    admin_token = settings.server.token
-    if admin_token is None and settings.security.token_file is not None:
-        admin_token = read_token_file(settings.security.token_file)
     tokens = open_token_store(settings.memory, settings.redis.url, settings.redis.prefix)
     services = Services(
         store=store,
@@ -341,20 +352,23 @@ async def _serve(
         with contextlib.suppress(LivesenseError):  # already on the list: it runs on
             await work.start(source, sid, realtime=realtime)
         worker_task = asyncio.create_task(worker.run())
-        err.print(f"ingesting {source} as stream {sid} (Redis work list)")
+        err.print(f"ingesting {shown_url(source)} as stream {sid} (Redis work list)")
     elif source is not None and manager is not None:
         with err.status("loading models…"):
             await asyncio.to_thread(perception.load)
         pipeline = await manager.start(source, stream, realtime=realtime)
         await asyncio.sleep(0)
-        err.print(f"ingesting {source} as stream {pipeline.stream}")
+        err.print(f"ingesting {shown_url(source)} as stream {pipeline.stream}")
     drain = settings.resilience.drain_seconds
+    http, ws = ConnectionGuard(settings.security).protocols()  # slow headers, many sockets
     config = uvicorn.Config(
         app_,
         host=settings.server.host,
         port=settings.server.port,
         log_level="warning",
         timeout_graceful_shutdown=2,  # open requests get 2 s; then streams drain (`drain` s)
+        http=http,
+        ws=ws or "none",
     )
     server = Server(config)
     err.print(
@@ -376,8 +390,6 @@ async def _serve(
 
 def _where(settings: Settings) -> str:
     if settings.redis.url:
-        from livesense.memory.redis_store import shown_url
-
         return shown_url(settings.redis.url)
     return str(settings.memory)
 
@@ -430,7 +442,7 @@ async def _worker(settings: Settings) -> None:
     from livesense.pipeline.worker import Worker
 
     store = _open_store(settings.memory, settings, readonly=False)
-    work = WorkList(settings.redis.url or "", settings.redis.prefix)
+    work = WorkList(settings.redis.url or "", settings.redis.prefix, settings.security.source_key)
     worker_ = Worker(settings, store, work, Perception.from_settings(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -217,6 +217,30 @@ class SecuritySettings(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (bytes).")
     max_path_bytes: int = Field(2048, ge=64, description="Longest request path (bytes).")
     max_query_bytes: int = Field(8192, ge=64, description="Longest query string (bytes).")
+    revocation_seconds: float = Field(
+        5.0, gt=0.0, le=3600.0,
+        description="A revoked token's open watch sockets and WHIP sessions end within this (s).",
+    )  # fmt: skip
+    auth_failures_per_minute: float = Field(
+        30.0, gt=0.0, description="Wrong tokens per minute per client address, on average."
+    )
+    auth_failure_burst: int = Field(
+        10, ge=1, description="Wrong tokens per client address at once, before 429s."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0.0, description="Seconds a client may take to send a request's headers."
+    )
+    body_timeout: float = Field(
+        15.0, gt=0.0, description="Seconds a request body may go without a byte arriving."
+    )
+    source_key: str | None = Field(
+        None,
+        description="Secret shared by API processes and workers that seals source URLs holding "
+        "credentials on their way through Redis (never written there in the clear).",
+    )
+    max_connections_per_client: int = Field(
+        64, ge=1, description="Open connections per client address; more are closed at once."
+    )
 
 
 class MediaLimits(BaseModel):

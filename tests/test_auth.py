@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from starlette.websockets import WebSocketDisconnect
+from starlette.testclient import WebSocketDenialResponse
 
 from livesense.api.app import Services, create_app
 from livesense.api.tokens import RedisTokenStore, SqliteTokenStore, token_hash
@@ -182,11 +182,11 @@ def test_publish_and_admin_scopes(api: Api) -> None:
 
 def test_watch_is_scoped(api: Api) -> None:
     url = f"/v1/watch?q=ferry+to+the+island&token={api.read1}"
-    with pytest.raises(WebSocketDisconnect) as refused, api.client.websocket_connect(
+    with pytest.raises(WebSocketDenialResponse) as refused, api.client.websocket_connect(
         url + "&stream=cam2"
     ) as ws:
         ws.receive_json()
-    assert refused.value.code == 1008
+    assert refused.value.status_code == 403 and refused.value.json()["error"].endswith(".")
     with api.client.websocket_connect(url) as ws:
         assert ws.receive_json()["watching"]["stream"] == "cam1"
         api.store.add(record("cam2", 10, "The ferry to the island leaves at noon."))

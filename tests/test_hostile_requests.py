@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.websockets import WebSocketDisconnect
+from starlette.testclient import WebSocketDenialResponse
 
 from livesense.api.app import Services, create_app
 from livesense.api.tokens import SqliteTokenStore
@@ -294,11 +294,85 @@ def test_unknown_streams_are_404(fz: Fuzzed) -> None:
     ["q=", "q=" + "x" * 1001, "q=a&stream=../x", "q=a&stream=" + "s" * 65, "q=%20%20",
      "q=a&token=wrong", "stream=cam1"],
 )
-def test_hostile_watch_requests_are_closed_with_a_reason(fz: Fuzzed, query: str) -> None:
+def test_hostile_watch_requests_are_refused_with_a_reason(fz: Fuzzed, query: str) -> None:
     FUZZED["requests"] += 1
     headers = {} if "token=" in query else {"Authorization": f"Bearer {ADMIN}"}
-    with pytest.raises(WebSocketDisconnect) as closed, fz.client.websocket_connect(
+    with pytest.raises(WebSocketDenialResponse) as refused, fz.client.websocket_connect(
         "/v1/watch?" + query, headers=headers
     ) as ws:
         ws.receive_json()
-    assert closed.value.code == 1008 and closed.value.reason
+    assert refused.value.status_code in (400, 401, 403)
+    assert refused.value.json()["error"].endswith(".")
+
+
+def aiortc_offer() -> str:
+    """A real offer of an aiortc publisher (audio and video), as a WHIP client sends it."""
+    aiortc = pytest.importorskip("aiortc")
+    import asyncio
+
+    from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+    async def make() -> str:
+        pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = str(pc.localDescription.sdp)
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def _text_section(offer: str) -> str:
+    ice = [ln for ln in offer.splitlines() if ln.startswith(("a=ice-", "a=fingerprint", "a=setup"))]
+    return (
+        offer.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2")
+        + "m=text 9 UDP/TLS/RTP/SAVPF 98\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=sendonly\r\n"
+        + "a=rtpmap:98 t140/1000\r\n" + "\r\n".join(ice[:4]) + "\r\n"
+    )
+
+
+HOSTILE_OFFERS = {
+    "bundle names an absent mid first": lambda o: o.replace("a=group:BUNDLE 0 1",
+                                                           "a=group:BUNDLE 9 0 1"),
+    "bundle names an absent mid": lambda o: o.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 7"),
+    "a text section": _text_section,
+    "a text section outside the bundle": lambda o: _text_section(o).replace("BUNDLE 0 1 2",
+                                                                            "BUNDLE 0 1"),
+}
+INTERNALS = ("NoneType", "attribute", "index out of range", "AssertionError", "Error)")
+
+
+@pytest.mark.parametrize("mutation", list(HOSTILE_OFFERS))
+def test_hostile_whip_offers_are_a_400_with_a_sentence(fz: Fuzzed, mutation: str) -> None:
+    offer = HOSTILE_OFFERS[mutation](aiortc_offer())
+    headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/sdp"}
+    for _ in range(3):
+        r = fz.client.post("/whip/cam9", content=offer.encode(), headers=headers)
+        check(r)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error.endswith(".") and not any(x in error for x in INTERNALS), error
+
+
+def test_hostile_trickle_candidates_are_a_400_and_the_session_lives_on(fz: Fuzzed) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    r = fz.client.post("/whip/cam8", content=aiortc_offer().encode(),
+                       headers={**auth, "Content-Type": "application/sdp"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    where = r.headers["Location"]
+    frag = {**auth, "Content-Type": "application/trickle-ice-sdpfrag"}
+    try:
+        for bad in ("garbage", "1 1 udp 2130706431 192.0.2.7 40000 typ", "1 1 udp 1 x",
+                    "", "1 1 udp 99 192.0.2.7 40000 host host",
+                    "1 1 udp 2130706431 192.0.2.7 notaport typ host"):  # fmt: skip
+            r = fz.client.patch(where, content=f"a=candidate:{bad}\r\n".encode(), headers=frag)
+            check(r)
+            assert r.status_code == 400, (bad, r.text)
+            error = r.json()["error"]
+            assert error.endswith(".") and not any(x in error for x in INTERNALS), error
+        good = "a=mid:0\r\na=candidate:1 1 udp 2130706431 192.0.2.77 40000 typ host\r\n"
+        assert fz.client.patch(where, content=good.encode(), headers=frag).status_code == 204
+    finally:
+        assert fz.client.delete(where, headers=auth).status_code == 200

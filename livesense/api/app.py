@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livesense import __version__
-from livesense.api.auth import Authenticator, AuthError, Principal
+from livesense.api.auth import Authenticator, OpenGrants, Principal, bearer_token
 from livesense.api.limits import RequestLimits, rate_limiter_for
 from livesense.api.tokens import Scope, TokenStore
 from livesense.api.whip import whip_router
@@ -72,6 +72,19 @@ def caller(request: Request) -> Principal:
 Caller = Annotated[Principal, Depends(caller)]
 
 
+async def refuse_socket(ws: WebSocket, e: LivesenseError) -> None:
+    """Refuse a WebSocket before it opens as HTTP does: the status (400, 401, 403, 429) with
+    a JSON sentence and its headers (Retry-After, WWW-Authenticate); a server without the
+    denial-response extension gets a close with the sentence as its reason."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        headers = getattr(e, "headers", None)
+        await ws.send_denial_response(
+            JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+        )
+        return
+    await ws.close(code=1013 if e.status == 429 else 1008, reason=str(e)[:120])
+
+
 def hit_json(hit: Hit) -> dict[str, Any]:
     """A hit as the API shows it: keyframes become URLs under /v1/keyframes."""
     out = hit.to_json()
@@ -87,6 +100,7 @@ def create_app(services: Services) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await grants.close()
         if services.manager is not None:
             await services.manager.close()
 
@@ -96,6 +110,8 @@ def create_app(services: Services) -> FastAPI:
     limiter = rate_limiter_for(services.store, security)  # shared through Redis if there
     authn = Authenticator(services.token, services.tokens, security, limiter=limiter)
     app.state.auth = authn
+    grants = OpenGrants(authn, security.revocation_seconds / 2)  # checked twice per promise
+    app.state.grants = grants
     app.add_middleware(RequestLimits, settings=security)
 
     @app.exception_handler(LivesenseError)
@@ -120,7 +136,10 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        # a body cut short (408) or too large (413) was not read to its end: the connection
+        # cannot carry another request
+        unread = {"Connection": "close"} if exc.status_code in (408, 413) else None
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=unread)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
@@ -231,16 +250,13 @@ def create_app(services: Services) -> FastAPI:
     async def watch(ws: WebSocket) -> None:
         q = ws.query_params.get("q", "").strip()
         stream = ws.query_params.get("stream") or None
-        header = ws.headers.get("authorization", "")
-        given = header.partition(" ")[2].strip() or ws.query_params.get("token", "")
+        # 'Authorization: Bearer <token>' (any other scheme is no token), or ?token= for
+        # browsers, which cannot set headers on a WebSocket
+        given = bearer_token(ws.headers.get("authorization")) or ws.query_params.get("token", "")
         try:
             # token lookups and shared rate limits may ask Redis: not on the event loop
             host = ws.client.host if ws.client else None
             who = await asyncio.to_thread(authn.principal, given, host)
-        except AuthError:
-            await ws.close(code=1008, reason="A valid bearer token is required.")
-            return
-        try:
             if not q or len(q) > 1000:
                 raise QueryError("A watch needs a query 'q' of 1 to 1000 characters.")
             if stream is not None:
@@ -248,9 +264,14 @@ def create_app(services: Services) -> FastAPI:
             stream = who.narrow(stream)
             await asyncio.to_thread(authn.limit, who, "watches")
         except LivesenseError as e:
-            await ws.close(code=1013 if e.status == 429 else 1008, reason=str(e)[:120])
+            await refuse_socket(ws, e)
             return
         await ws.accept()
+
+        async def revoked() -> None:
+            await ws.close(code=1008, reason="The token of this watch was revoked.")
+
+        grant = grants.hold(who, given, revoked)
         sub = await asyncio.to_thread(services.hub.subscribe, q, stream=stream)
         try:
             await ws.send_json({"watching": {"q": q, "stream": stream}})
@@ -266,9 +287,10 @@ def create_app(services: Services) -> FastAPI:
                     receiver = asyncio.create_task(ws.receive_text())
                     continue
                 await ws.send_json({"hit": hit_json(getter.result())})
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):  # gone, or closed by a revocation
             pass
         finally:
+            grants.release(grant)
             services.hub.unsubscribe(sub)
             for task in (locals().get("receiver"), locals().get("getter")):
                 if isinstance(task, asyncio.Task):

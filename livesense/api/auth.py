@@ -3,16 +3,22 @@
 The admin token (from --token, a token file or LIVESENSE_SERVER__TOKEN) may do anything.
 A scoped token may read or publish one stream (or, scoped admin, both and stop it); other
 streams answer 403 and are filtered out of every listing. Without an admin token the
-service is open and binds to loopback only.
+service is open and binds to loopback only. Wrong tokens are rate-limited per client address
+(429 once its bucket is spent), and what a scoped token opened (watch sockets, WHIP sessions)
+is ended within `security.revocation_seconds` of its revocation (OpenGrants).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +27,8 @@ from livesense.config import SecuritySettings
 from livesense.errors import ConfigError, LivesenseError
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+MIN_TOKEN = 8  # characters an admin token has at least
+log = logging.getLogger("livesense.api")
 
 
 class AuthError(LivesenseError):
@@ -116,6 +124,13 @@ class RateLimiter:
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
 
+    def peek(self, key: str) -> float:
+        """Requests `key` may send now (its bucket, refilled), without spending one."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
+
     def refused(self, what: str, tokens: float) -> RateLimited:
         """The 429 for a bucket holding `tokens` (< 1), counted."""
         self.limited += 1
@@ -134,9 +149,22 @@ def read_token_file(path: Path) -> str:
     except OSError as e:
         raise ConfigError(f"The token file {path} cannot be read: {e.strerror or e}.") from None
     token = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if len(token) < 8:
-        raise ConfigError(f"The token file {path} must hold a token of at least 8 characters.")
+    if len(token) < MIN_TOKEN:
+        raise ConfigError(
+            f"The token file {path} must hold a token of at least {MIN_TOKEN} characters."
+        )
     return token
+
+
+def check_admin_token(token: str) -> str:
+    """The admin token given on the command line or in the environment, if strong enough."""
+    if len(token.strip()) < MIN_TOKEN:
+        raise ConfigError(
+            f"The admin token must be at least {MIN_TOKEN} characters long; a short one is "
+            "guessed quickly. Prefer --token-file or LIVESENSE_SERVER__TOKEN (a --token shows "
+            "in the process list)."
+        )
+    return token.strip()
 
 
 class Authenticator:
@@ -154,6 +182,8 @@ class Authenticator:
         self.tokens = tokens
         # per process, or shared by every API process through Redis (api.limits)
         self.limiter = limiter or RateLimiter(s.rate_per_minute, s.rate_burst, s.rate_keys)
+        # wrong tokens, per client address (per process): guessing is slow
+        self.failures = RateLimiter(s.auth_failures_per_minute, s.auth_failure_burst, s.rate_keys)
         self.denied = 0  # requests answered 401/403
 
     @property
@@ -164,6 +194,10 @@ class Authenticator:
         """Who presented this token (None: none); AuthError when a token is needed."""
         given = (presented or "").strip()
         admin = self.admin_token
+        guessing = f"c:{client or 'local'}"
+        if given and self.enabled and self.failures.peek(guessing) < 1.0:
+            self.denied += 1
+            raise self._too_many_failures(guessing)
         if admin is not None and given and hmac.compare_digest(given.encode(), admin.encode()):
             return Principal("admin", Scope.ADMIN, None, "admin")
         if given and self.tokens is not None:
@@ -173,14 +207,105 @@ class Authenticator:
         if not self.enabled:
             return Principal("anonymous", Scope.ADMIN, None, f"c:{client or 'local'}")
         self.denied += 1
+        if given:
+            with contextlib.suppress(RateLimited):
+                self.failures.take(guessing, "wrong tokens")
         raise AuthError("A valid 'Authorization: Bearer <token>' header is required.")
 
+    def _too_many_failures(self, key: str) -> RateLimited:
+        wait = (1.0 - self.failures.peek(key)) / self.failures.rate
+        self.failures.limited += 1
+        return RateLimited(
+            f"Too many wrong tokens from this address: try again in {max(1, math.ceil(wait))} s.",
+            wait,
+        )
+
+    def still_valid(self, presented: str) -> bool:
+        """Whether a token that was valid still is (False once revoked)."""
+        given = presented.strip()
+        admin = self.admin_token
+        if admin is not None and hmac.compare_digest(given.encode(), admin.encode()):
+            return True
+        return self.tokens is not None and self.tokens.lookup(given) is not None
+
     def from_header(self, authorization: str | None, client: str | None = None) -> Principal:
-        scheme, _, value = (authorization or "").partition(" ")
-        return self.principal(value if scheme.lower() == "bearer" else None, client)
+        return self.principal(bearer_token(authorization), client)
 
     def limit(self, who: Principal, what: str = "queries") -> None:
         self.limiter.take(who.key, what)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an 'Authorization: Bearer <token>' header (None for any other scheme)."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+class OpenGrants:
+    """What scoped tokens opened and keep open (watch sockets, WHIP sessions): every `period`
+    seconds each token still holding something is looked up again (in the token store every
+    process shares: the memory's tokens.db or Redis), and what a revoked token holds is ended.
+    A revocation thus ends them within `period` plus one lookup, in every process."""
+
+    def __init__(self, authn: Authenticator, period: float) -> None:
+        self.authn = authn
+        self.period = period
+        self.ended = 0  # sockets and sessions ended by a revocation
+        self._held: dict[int, tuple[str, Callable[[], Awaitable[None]]]] = {}
+        self._next = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, who: Principal, token: str, end: Callable[[], Awaitable[None]]) -> int | None:
+        """Watch `token` while something it opened is open; `end` ends that. None (nothing to
+        watch) for the admin token and the open API: they cannot be revoked."""
+        if not who.key.startswith("t:"):
+            return None
+        self._next += 1
+        self._held[self._next] = (token, end)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="revocations")
+        return self._next
+
+    def release(self, handle: int | None) -> None:
+        if handle is not None:
+            self._held.pop(handle, None)
+
+    async def _run(self) -> None:
+        while self._held:
+            await asyncio.sleep(self.period)
+            await self.check()
+
+    async def check(self) -> int:
+        """Look every held token up once; end what revoked ones hold. How many were ended."""
+        tokens = {token for token, _ in self._held.values()}
+        revoked: set[str] = set()
+        for token in tokens:
+            try:
+                valid = await asyncio.to_thread(self.authn.still_valid, token)
+            except LivesenseError as e:  # the token store is out of reach: look again later
+                log.warning("could not check open tokens for revocation: %s", e)
+                return 0
+            if not valid:
+                revoked.add(token)
+        ended = 0
+        for handle, (token, end) in list(self._held.items()):
+            if token in revoked and self._held.pop(handle, None) is not None:
+                ended += 1
+                try:
+                    await end()
+                except Exception:  # one failing end must not keep the others open
+                    log.exception("ending what a revoked token held failed")
+        self.ended += ended
+        return ended
+
+    async def close(self) -> None:
+        self._held.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 def bind_host(host: str, admin_token: str | None) -> tuple[str, str | None]:

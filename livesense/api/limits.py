@@ -1,5 +1,6 @@
-"""Request size limits as ASGI middleware: long paths and query strings get 414, large bodies 413;
-and per-token rate limits shared by every API process through Redis.
+"""Request size limits as ASGI middleware: long paths and query strings get 414, large bodies 413,
+bodies that stop arriving 408; and per-token rate limits shared by every API process through
+Redis.
 
 Sizes are checked before any route runs, so no endpoint ever reads more than the limit; a body
 sent without a Content-Length is counted as it streams in.
@@ -7,6 +8,7 @@ sent without a Content-Length is counted as it streams in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -21,7 +23,7 @@ from livesense.api.auth import RateLimiter
 from livesense.config import SecuritySettings
 from livesense.errors import missing_package
 from livesense.memory.redis_keys import RedisKeys
-from livesense.memory.redis_store import shown_url
+from livesense.urls import shown_url
 
 log = logging.getLogger("livesense.api")
 
@@ -33,6 +35,7 @@ class RequestLimits:
         self.app = app
         self.settings = settings or SecuritySettings()
         self.refused = 0
+        self.timed_out = 0  # request bodies that stalled (408)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -65,16 +68,30 @@ class RequestLimits:
 
     def _counting(self, receive: Receive) -> Receive:
         limit = self.settings.max_body_bytes
+        wait = self.settings.body_timeout
         seen = 0
+        done = False
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # the body is in: what follows is the client leaving, however late
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), wait)
+            except TimeoutError:
+                self.refused += 1
+                self.timed_out += 1
+                raise HTTPException(
+                    408, f"The request body stopped arriving: nothing came for {wait:g} s."
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     self.refused += 1
                     raise HTTPException(413, f"The request body is larger than {limit} bytes.")
+                done = not message.get("more_body", False)
+            else:
+                done = True
             return message
 
         return counted

@@ -1,13 +1,19 @@
 """The uvicorn server the CLI runs: SIGTERM/SIGINT end serving and return, so the caller can
 drain its streams and flush memory before the process exits (uvicorn alone re-raises the
-signal at once, which would kill the process before that)."""
+signal at once, which would kill the process before that); and its connections guarded as
+production servers guard theirs (header timeout, connections per client address)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+
+from livesense.config import SecuritySettings
 
 
 class Server(uvicorn.Server):
@@ -26,3 +32,149 @@ class Server(uvicorn.Server):
                 if isinstance(caught, list):
                     self.received = list(caught)
                     caught.clear()
+
+
+class ConnectionGuard:
+    """What production HTTP servers bound and uvicorn does not: the time a client may take to
+    send a request's headers (then 408 and the connection closes), and the connections one
+    client address may hold open at once (more get 429 and are closed). Request bodies that
+    stall are timed out by the app's RequestLimits (security.body_timeout)."""
+
+    def __init__(self, settings: SecuritySettings) -> None:
+        self.header_timeout = settings.header_timeout
+        self.max_per_client = settings.max_connections_per_client
+        self.open: dict[str, int] = {}
+        self.refused = 0  # connections refused: too many from one address
+        self.timed_out = 0  # connections closed: headers too slow
+
+    def admit(self, client: str) -> bool:
+        held = self.open.get(client, 0)
+        if held >= self.max_per_client:
+            self.refused += 1
+            return False
+        self.open[client] = held + 1
+        return True
+
+    def release(self, client: str) -> None:
+        held = self.open.get(client, 0) - 1
+        if held > 0:
+            self.open[client] = held
+        else:
+            self.open.pop(client, None)
+
+    def protocols(
+        self, http: str = "auto", ws: str = "auto"
+    ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol] | None]:
+        """uvicorn's HTTP and WebSocket protocol classes (as its settings name them), guarded."""
+        from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
+        from uvicorn.importer import import_from_string
+
+        http_cls = import_from_string(HTTP_PROTOCOLS[http])
+        name = f"Guarded{http_cls.__name__}"
+        guarded_http = type(name, (_GuardedHTTP, http_cls), {"guard": self})
+        ws_name = WS_PROTOCOLS[ws]
+        if ws_name is None:
+            return guarded_http, None
+        ws_cls = import_from_string(ws_name)
+        guarded_ws = type(f"Guarded{ws_cls.__name__}", (_GuardedWebSocket, ws_cls), {"guard": self})
+        return guarded_http, guarded_ws
+
+
+def _client_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def _refuse(transport: asyncio.BaseTransport, status: int, message: str, **headers: str) -> None:
+    """Answer a connection that never reached the app with a JSON sentence, and close it."""
+    body = json.dumps({"error": message}).encode()
+    reason = {408: "Request Timeout", 429: "Too Many Requests"}.get(status, "Error")
+    lines = [f"HTTP/1.1 {status} {reason}", "content-type: application/json",
+             f"content-length: {len(body)}", "connection: close"]  # fmt: skip
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    transport.close()
+
+
+class _GuardedHTTP(asyncio.Protocol):
+    """Mixin over uvicorn's HTTP protocol (h11 or httptools): counts the client's connections
+    and times out requests whose headers are slow to arrive (a new request's time starts when
+    the connection opens or the previous response is complete)."""
+
+    guard: ConnectionGuard
+    cycle: Any
+    transport: Any
+    _client: str | None = None
+    _timer: asyncio.TimerHandle | None = None
+    _armed_for: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        client = _client_of(transport)
+        if not self.guard.admit(client):
+            n = self.guard.max_per_client
+            _refuse(transport, 429, f"This address already holds {n} connections, the most "
+                    "allowed; close some and try again.", **{"Retry-After": "1"})  # fmt: skip
+            return
+        self._client = client
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._client is None:
+            return  # refused: closing
+        super().data_received(data)
+        if self._timer is not None and (
+            self.cycle is not self._armed_for or self.transport.get_protocol() is not self
+        ):  # the headers are in (or the connection became a WebSocket)
+            self._timer.cancel()
+            self._timer = None
+
+    def on_response_complete(self) -> None:
+        before = self.cycle
+        super().on_response_complete()  # type: ignore[misc]
+        if self.cycle is before and not self.transport.is_closing():
+            self._arm()  # the next request's headers are awaited
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._client is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.guard.release(self._client)
+        self._client = None
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_for = self.cycle
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.guard.header_timeout, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._timer = None
+        if self.cycle is not self._armed_for or self.transport.is_closing():
+            return
+        self.guard.timed_out += 1
+        _refuse(self.transport, 408, "The request's headers did not arrive within "
+                f"{self.guard.header_timeout:g} s.")  # fmt: skip
+
+
+class _GuardedWebSocket(asyncio.Protocol):
+    """Mixin over uvicorn's WebSocket protocol: a connection upgraded from HTTP stays counted
+    for its client until it closes."""
+
+    guard: ConnectionGuard
+    _client: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._client = _client_of(transport)  # admitted as HTTP, then upgraded
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._client is not None:
+            self.guard.release(self._client)
+            self._client = None
+        super().connection_lost(exc)

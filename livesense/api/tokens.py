@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from livesense.errors import ConfigError, LivesenseError, NotFoundError, missing_package
+from livesense.urls import shown_url
 
 TOKEN_FILE = "tokens.db"
 _TOKEN = re.compile(r"ls_([0-9a-f]{8})_[A-Za-z0-9_-]{20,64}")
@@ -238,7 +239,9 @@ class RedisTokenStore(TokenStore):
         try:
             return fn(*args)
         except redis.RedisError as e:
-            raise LivesenseError(f"Tokens in Redis at {self.url} are out of reach: {e}.") from None
+            raise LivesenseError(
+                f"Tokens in Redis at {shown_url(self.url)} are out of reach: {e}."
+            ) from None
 
     def _put(self, digest: str, info: TokenInfo) -> None:
         fields = {"id": info.id, "scope": info.scope.value, "created": repr(info.created)}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from livesense.api.auth import Authenticator
+from livesense.api.auth import Authenticator, OpenGrants, Principal, bearer_token
 from livesense.api.tokens import Scope
 from livesense.config import Settings, WebRTCSettings
 from livesense.errors import LivesenseError, NotFoundError, SourceError
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("livesense.whip")
 
 MAX_SDP_BYTES = 256 * 1024
+UNUSABLE_OFFER = (
+    "The SDP offer could not be used: it is malformed or asks for something this service does "
+    "not support."
+)
 REPLACE_TIMEOUT = 20.0  # s a replaced session's stream may take to flush before the new one
 CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -55,6 +59,13 @@ class WhipSession:
     source: WebRTCSource
     etag: str
     started: float
+    grant: int | None = None  # the publisher's token, watched for revocation (OpenGrants)
+    grants: OpenGrants | None = None
+
+    def release(self) -> None:
+        if self.grants is not None:
+            self.grants.release(self.grant)
+            self.grant = None
 
     @property
     def location(self) -> str:
@@ -108,6 +119,7 @@ class WhipSessions:
 
         async def wait_end() -> None:
             await session.source.ended.wait()
+            session.release()
             if self.sessions.get(session.id) is session:
                 del self.sessions[session.id]
             log.info("WHIP session %s of stream %s ended", session.id, session.stream)
@@ -117,6 +129,7 @@ class WhipSessions:
         task.add_done_callback(self._tasks.discard)
 
     async def end(self, session: WhipSession) -> None:
+        session.release()
         self.sessions.pop(session.id, None)
         await session.source.aclose()
 
@@ -131,14 +144,19 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers={**CORS, **headers})
 
 
-def _denied(request: Request, services: Services, action: Scope, stream: str) -> Response | None:
-    """None when the request's token may `action` on `stream`, else the 401/403 answer."""
+def _caller(request: Request, services: Services) -> Principal:
+    """Who sent the request (AuthError, or RateLimited after many wrong tokens)."""
     authn = getattr(request.app.state, "auth", None)
     if not isinstance(authn, Authenticator):
         authn = Authenticator(services.token)
+    client = request.client.host if request.client else None
+    return authn.from_header(request.headers.get("authorization"), client)
+
+
+def _denied(request: Request, services: Services, action: Scope, stream: str) -> Response | None:
+    """None when the request's token may `action` on `stream`, else the 401/403/429 answer."""
     try:
-        client = request.client.host if request.client else None
-        authn.from_header(request.headers.get("authorization"), client).require(action, stream)
+        _caller(request, services).require(action, stream)
     except LivesenseError as e:
         return _error(e.status, str(e), **getattr(e, "headers", {}))
     return None
@@ -229,8 +247,13 @@ def whip_router(services: Services) -> WhipRouter:
     @router.post("/whip/{stream}", status_code=201, response_class=Response)
     async def publish(stream: str, request: Request) -> Response:
         """Start publishing to `stream`: the body is an SDP offer, the answer comes back."""
-        if (denied := _denied(request, services, Scope.PUBLISH, stream)) is not None:
-            return denied
+        try:
+            who = _caller(request, services)
+            who.require(Scope.PUBLISH, stream)
+        except LivesenseError as e:
+            return _error(e.status, str(e), **getattr(e, "headers", {}))
+        token = bearer_token(request.headers.get("authorization")) or ""
+        grants: OpenGrants | None = getattr(request.app.state, "grants", None)
         try:
             check_stream_id(stream)
         except LivesenseError as e:
@@ -264,7 +287,7 @@ def whip_router(services: Services) -> WhipRouter:
                     **{"Retry-After": "10"},
                 )
             if old is None and stream in manager.running():
-                url = manager.pipelines[stream].url
+                url = manager.pipelines[stream].status.url  # credentials hidden
                 if not url.startswith("whip://"):
                     return _error(
                         409, f"Stream {stream} is being ingested from {url}; stop it or pick "
@@ -276,11 +299,13 @@ def whip_router(services: Services) -> WhipRouter:
                     await hub.end(old)
                 if stream in manager.running():
                     await manager.stop(stream, timeout=REPLACE_TIMEOUT)
-                return await _start(stream, offer)
+                return await _start(stream, offer, who, token, grants)
             finally:
                 hub.reserved -= 1
 
-    async def _start(stream: str, offer: str) -> Response:
+    async def _start(
+        stream: str, offer: str, who: Principal, token: str, grants: OpenGrants | None
+    ) -> Response:
         manager = services.manager
         assert manager is not None
         s = hub.settings
@@ -304,6 +329,11 @@ def whip_router(services: Services) -> WhipRouter:
         except SourceError as e:
             await source.aclose()
             return _error(400, str(e))
+        except Exception:  # the WebRTC library failing on hostile input: the offer's fault
+            log.warning("WHIP offer for stream %s failed in the WebRTC library", stream,
+                        exc_info=True)  # fmt: skip
+            await source.aclose()
+            return _error(400, UNUSABLE_OFFER)
         try:
             await manager.start(source.url, stream, realtime=True, source=source)
         except LivesenseError as e:
@@ -316,6 +346,13 @@ def whip_router(services: Services) -> WhipRouter:
             etag=f'"{secrets.token_hex(8)}"',
             started=time.time(),
         )
+        if isinstance(grants, OpenGrants):  # a revoked token's session ends within
+            session.grants = grants  # security.revocation_seconds
+
+            async def end() -> None:
+                await hub.end(session)
+
+            session.grant = grants.hold(who, token, end)
         hub.sessions[session.id] = session
         hub.watch(session)
         headers = {
@@ -361,6 +398,10 @@ def whip_router(services: Services) -> WhipRouter:
         except SourceError as e:
             status = 422 if "restart" in str(e) else 400
             return _error(status, str(e))
+        except Exception:  # the WebRTC library failing on hostile input
+            log.warning("WHIP PATCH of session %s failed in the WebRTC library", found.id,
+                        exc_info=True)  # fmt: skip
+            return _error(400, "The ICE candidates could not be added to this session.")
         return Response(status_code=204, headers={**CORS, "ETag": found.etag})
 
     @router.delete("/whip/{stream}/{session}")

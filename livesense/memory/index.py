@@ -47,6 +47,10 @@ PROBE_SHARE = 1 / 12  # share of the sorted tokens a search scans, closest lists
 PROBE_MIN = 12  # lists scanned at least
 RESORT_SHARE = 1 / 12  # the unsorted tail is merged into the lists past this share
 GATHER_COST = 4  # a filter's token, gathered, costs as much as this many scanned in a list
+EXACT_STREAM_TOKENS = 8192
+"""A search within one stream of at most this many tokens scores every token of the stream
+exactly, so that which records it finds depends on that stream alone (beyond it, the first
+pass runs over the stream's own tokens, in the projection fitted on every stream's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,9 +570,15 @@ class VectorIndex:
         qf = a.query(q)
         if rerank is None:
             rerank = RERANK if a.basis is None else RERANK_PROJECTED
-        subset = np.flatnonzero(mask) if valid < n else None
+        subset = np.flatnonzero(mask) if valid < n or stream is not None else None
+        if subset is not None and stream is not None:
+            small = int(a.tlen[subset].sum()) <= EXACT_STREAM_TOKENS
+            if small:  # every token of the stream, exactly: nothing else counts
+                exact = self._exact(a, subset, q)
+                order = np.lexsort((a.rids[subset], -exact))[:top_k]
+                return [(int(a.rids[subset[i]]), float(exact[i])) for i in order]
         found = None
-        if subset is None or not self._gather_first(a, subset, n, tn):
+        if subset is None or (stream is None and not self._gather_first(a, subset, n, tn)):
             # the closest lists (or every token); a filter applies to what they hold
             ranges = self._probe(a, qf, tn)
             vals = np.concatenate([matvec(a.first[lo:hi], qf) for lo, hi in ranges])
@@ -647,6 +657,12 @@ class VectorIndex:
         """(id, normalised text) of the given records that are held."""
         a, ids, rows = self._held(rids)
         return list(zip(ids.tolist(), a.text[rows].tolist(), strict=True))
+
+    def count(self, stream: str | None = None) -> int:
+        """Records held, of one stream or of all."""
+        a, n, _ = self._snapshot()
+        mask = self._mask(a, n, stream, None, None) if n else None
+        return 0 if mask is None else int(np.count_nonzero(mask))
 
     def span(
         self, *, stream: str | None = None, start: float | None = None, end: float | None = None

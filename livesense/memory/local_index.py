@@ -180,7 +180,11 @@ class LocalIndex:
                 ok = {r for r in held if self._passes(r, None, start, end)}
                 if not ok:
                     return Lexical(terms, [], {})
-                scope = Scope(stream, min(ok), max(ok), lambda ids: [r for r in ids if r in ok])
+                scope = Scope(
+                    stream, min(ok), max(ok), lambda ids: [r for r in ids if r in ok],
+                    n=len(held), in_stream=lambda ids: [r for r in ids if r in held],
+                    whole=start is None and end is None,
+                )  # fmt: skip
             elif start is not None or end is not None:
 
                 def keep(ids: list[int]) -> list[int]:

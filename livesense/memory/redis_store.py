@@ -41,7 +41,6 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -84,6 +83,7 @@ from livesense.memory.tiers import (
 )
 from livesense.memory.time_window import redis_window
 from livesense.records import Hit, SnippetRecord
+from livesense.urls import shown_url
 
 if TYPE_CHECKING:
     from livesense.memory.watch import WatchHub
@@ -178,18 +178,6 @@ RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def shown_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
 def _import_redis() -> Any:
@@ -976,7 +964,7 @@ class RedisStore(Store):
         self, qvec: np.ndarray, stream: str | None, start: float | None, end: float | None, k: int
     ) -> dict[Key, float]:
         """The k records nearest to the query by pooled vector within the filters, with their
-        exact cosine (the best of their tokens)."""
+        exact cosine (the best of their tokens); within a stream, exactly the k nearest."""
         q = np.ascontiguousarray(qvec, np.float32)
         params: list[Any] = ["q", q.astype(np.float16).tobytes()]
         where = []
@@ -984,7 +972,10 @@ class RedisStore(Store):
             where.append("@stream:{$st}")
             params += ["st", stream]
         where += redis_window(start, end)
-        query = f"({' '.join(where) or '*'})=>[KNN {int(k)} @vec $q AS knn_d]"
+        # Within a stream, every one of its records is compared (no graph walk through other
+        # streams' records), so which records come back depends on that stream alone.
+        policy = " HYBRID_POLICY ADHOC_BF" if stream is not None else ""
+        query = f"({' '.join(where) or '*'})=>[KNN {int(k)} @vec $q{policy} AS knn_d]"
         reply = await self._client.execute_command(
             "FT.SEARCH", self.keys.vector_index, query, "PARAMS", len(params), *params,
             "SORTBY", "knn_d", "RETURN", 1, TOKENS, "LIMIT", 0, int(k), "DIALECT", 2,

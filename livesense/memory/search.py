@@ -16,7 +16,9 @@ The score lies in [0, 1]. Lexical is BM25 with term frequency saturated at one o
 no length normalisation (a moment is a sentence or two of speech and a few lines of text):
 ranking all matches of a common word by FTS5's bm25() costs 25-150 ms at 100k moments, so
 FTS5 finds candidates (the newest matches of all words together, and of each word, as a word
-or inside glued text) and its vocabulary gives the document frequencies. Standing queries
+or inside glued text) and its vocabulary gives the document frequencies. A search within one
+stream (every search of a scoped token) counts N and df in that stream alone, so that its
+scores never depend on what other streams hold. Standing queries
 (memory.watch) use the same formula with uniform idf: one new record has no corpus to weigh
 words against.
 """
@@ -134,9 +136,24 @@ def _newest(
     return out[:limit]
 
 
-def _doc_freq(conn: sqlite3.Connection, words: set[str]) -> dict[str, int]:
+def _doc_freq(
+    conn: sqlite3.Connection, words: set[str], scope: Scope | None = None
+) -> dict[str, int]:
+    """Rows holding each word: in the whole table (scope None, FTS5's vocabulary), or in the
+    scope's stream only (its rows found by their stream key, then checked exactly)."""
     if not words:
         return {}
+    if scope is not None and scope.stream is not None:
+        key = stream_key(scope.stream)
+        out: dict[str, int] = {}
+        for w in words:
+            match = f'{{skey}} : "{key}" AND {{norm}} : "{w}"'
+            try:
+                rows = [int(r[0]) for r in conn.execute(SQL_MATCH_FTS, (match,))]
+            except sqlite3.OperationalError as e:
+                raise QueryError(f"The query could not be searched as text ({e}).") from None
+            out[w] = len(scope.in_stream(rows))
+        return out
     conn.execute(
         "CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_vocab USING fts5vocab(main, fts, row)"
     )
@@ -145,8 +162,12 @@ def _doc_freq(conn: sqlite3.Connection, words: set[str]) -> dict[str, int]:
     return {str(t): int(d) for t, d in conn.execute(sql, sorted(words))}
 
 
+SQL_MATCH_FTS = "SELECT rowid FROM fts WHERE fts MATCH ?"
+
+
 class DocFreqs:
-    """Words' document frequencies, kept while the memory changes size by under STALE.
+    """Words' document frequencies (in all streams, or in one), kept while the memory (or the
+    stream) changes size by under STALE.
 
     FTS5 counts a word's documents by walking its whole list of rows (0.7 ms for a word in 12k
     of 100k moments), where a search engine's term dictionary holds the count. A word's idf
@@ -157,38 +178,52 @@ class DocFreqs:
     SIZE = 8192
 
     def __init__(self) -> None:
-        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()  # word -> (df, n)
+        # (stream or None, word) -> (df, n)
+        self._seen: OrderedDict[tuple[str | None, str], tuple[int, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, conn: sqlite3.Connection, words: set[str], n: int) -> dict[str, int]:
+    def get(
+        self, conn: sqlite3.Connection, words: set[str], n: int, scope: Scope | None = None
+    ) -> dict[str, int]:
+        """df of each word, in the scope's stream when it names one (n: that stream's size)."""
+        stream = scope.stream if scope is not None else None
         out: dict[str, int] = {}
         with self._lock:
             for w in words:
-                seen = self._seen.get(w)
+                seen = self._seen.get((stream, w))
                 if seen is not None and abs(n - seen[1]) <= self.STALE * max(seen[1], 1):
                     out[w] = seen[0]
-                    self._seen.move_to_end(w)
+                    self._seen.move_to_end((stream, w))
         missing = words - out.keys()
-        found = _doc_freq(conn, missing)
+        found = _doc_freq(conn, missing, scope if stream is not None else None)
         with self._lock:
             for w in missing:
                 out[w] = found.get(w, 0)
-                self._seen[w] = (out[w], n)
-                self._seen.move_to_end(w)
+                self._seen[(stream, w)] = (out[w], n)
+                self._seen.move_to_end((stream, w))
             while len(self._seen) > self.SIZE:
                 self._seen.popitem(last=False)
         return out
 
 
+def _all(ids: list[int]) -> list[int]:
+    return ids
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """Where a filtered search looks: one stream (or all), the id span of the records that
-    pass the filters, and the exact filter over ids."""
+    pass the filters, and the exact filter over ids. With a stream, also that stream's size
+    and the exact filter of its records (whatever their time): the lexical statistics of a
+    search within a stream come from that stream alone. `whole`: no time filter."""
 
     stream: str | None
     lo: int
     hi: int
     keep: Callable[[list[int]], list[int]]
+    n: int = 0
+    in_stream: Callable[[list[int]], list[int]] = _all
+    whole: bool = False
 
 
 def lexical_candidates(
@@ -202,8 +237,12 @@ def lexical_candidates(
     """(row ids worth scoring, idf weight of each term) for the lexical side. A word's
     trigram (inside glued text) matches are looked up only when its word matches are few: a
     common word gains nothing from them. With one term no weight is looked up: [1.0] (a lone
-    term's weight cancels out of the coverage)."""
+    term's weight cancels out of the coverage). Within a stream, N and df are the stream's."""
     ids: set[int] = set()
+    per_stream = scope is not None and scope.stream is not None
+    if scope is not None and scope.stream is not None:
+        n = scope.n
+    exact = scope is None or (per_stream and scope.whole)  # a word's rows in scope: its df
     if len(terms) > 1:
         ids.update(_newest(conn, "fts", fts_all(terms) or "", LEXICAL_CANDIDATES, scope))
     inner_hits: dict[str, int] = {}
@@ -211,7 +250,7 @@ def lexical_candidates(
     for t in terms[:MAX_LEXICAL_TERMS]:
         as_word = _newest(conn, "fts", fts_term(t), TERM_CANDIDATES, scope)
         ids.update(as_word)
-        if scope is None and len(t.parts) == 1 and len(as_word) < TERM_CANDIDATES:
+        if exact and len(t.parts) == 1 and len(as_word) < TERM_CANDIDATES:
             exact_df[t.joined] = len(as_word)  # every row holding the word: its df
         tri = trigram_term(t)
         if tri is not None and len(as_word) < TERM_CANDIDATES:
@@ -223,7 +262,11 @@ def lexical_candidates(
     all_words = {p for t in terms for p in t.parts} | {t.joined for t in terms}
     df = dict(exact_df)
     rest = all_words - exact_df.keys()
-    df.update(_doc_freq(conn, rest) if doc_freqs is None else doc_freqs.get(conn, rest, n))
+    within = scope if per_stream else None
+    if doc_freqs is None:
+        df.update(_doc_freq(conn, rest, within))
+    else:
+        df.update(doc_freqs.get(conn, rest, n, within))
     weights = []
     for t in terms:
         d = min(df.get(p, 0) for p in t.parts)
@@ -266,7 +309,14 @@ def rank(
             def keep(ids: list[int]) -> list[int]:
                 return index.select(ids, stream=stream, start=start, end=end)
 
-            scope = Scope(stream, span[0], span[1], keep)
+            def in_stream(ids: list[int]) -> list[int]:
+                return index.select(ids, stream=stream)
+
+            scope = Scope(
+                stream, span[0], span[1], keep,
+                n=index.count(stream) if stream is not None else 0,
+                in_stream=in_stream, whole=start is None and end is None,
+            )  # fmt: skip
         if span[0] <= span[1]:
             lex_ids, weights = lexical_candidates(
                 conn, terms, len(index), scope=scope, doc_freqs=doc_freqs

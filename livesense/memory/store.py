@@ -186,7 +186,12 @@ class MemoryStore(Store):
         import fcntl
 
         self.root.mkdir(parents=True, exist_ok=True)
-        self.keyframes.mkdir(exist_ok=True)
+        # A memory holds private speech and images: only its owner may read it (as tokens.db).
+        self.keyframes.mkdir(mode=0o700, exist_ok=True)
+        os.close(os.open(self.db_path, os.O_CREAT | os.O_RDWR, 0o600))
+        for path, mode in ((self.keyframes, 0o700), (self.db_path, 0o600)):
+            with contextlib.suppress(OSError):  # a memory made earlier, or owned by another user
+                os.chmod(path, mode)
         lockfile = open(self.root / "writer.lock", "a+")  # noqa: SIM115 (held while open)
         try:
             fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -15,8 +15,9 @@ from typing import Any
 
 from livesense.errors import LivesenseError, NotFoundError, QueryError
 from livesense.memory.redis_keys import RedisKeys
-from livesense.memory.redis_store import _import_redis, shown_url
+from livesense.memory.redis_store import _import_redis
 from livesense.memory.search import check_stream
+from livesense.urls import open_url, seal_url, shown_url
 
 STATUS_STALE = 30.0  # seconds after which a worker's last report no longer counts as live
 
@@ -24,8 +25,9 @@ STATUS_STALE = 30.0  # seconds after which a worker's last report no longer coun
 class WorkList:
     """Start, stop and list streams to ingest; the workers' side: report and finish."""
 
-    def __init__(self, url: str, prefix: str = "ls") -> None:
+    def __init__(self, url: str, prefix: str = "ls", source_key: str | None = None) -> None:
         self.url = url
+        self.source_key = source_key  # seals source URLs that hold credentials (livesense.urls)
         self.keys = RedisKeys(prefix)
         self._aioredis = _import_redis()
         self._client: Any = None
@@ -48,14 +50,22 @@ class WorkList:
     # -- API side ----------------------------------------------------------------------
 
     async def start(self, url: str, stream: str, *, realtime: bool = False) -> dict[str, Any]:
-        """Ask the workers to ingest `url` as `stream`; the status they will report."""
+        """Ask the workers to ingest `url` as `stream`; the status they will report. A URL
+        with credentials is listed with them hidden, and travels sealed (security.source_key)
+        for the workers to open: Redis never holds them in the clear."""
         check_stream(stream)
+        shown = shown_url(url)
+        sealed = seal_url(url, self.source_key) if shown != url else None  # ConfigError: no key
         r = await self._redis()
-        spec = {"url": url, "realtime": bool(realtime), "wanted": True, "since": time.time()}
+        spec: dict[str, Any] = {
+            "url": shown, "realtime": bool(realtime), "wanted": True, "since": time.time()
+        }  # fmt: skip
+        if sealed is not None:
+            spec["sealed"] = sealed
         current = await self._do(r.hget(self.keys.specs, stream))
         if current is not None and json.loads(current).get("wanted"):
             raise QueryError(f"Stream {stream} is already being ingested; stop it first.")
-        status = _status(stream, url, "queued")
+        status = _status(stream, shown, "queued")
         pipe = r.pipeline(transaction=True)
         pipe.hset(self.keys.specs, stream, json.dumps(spec))
         pipe.hset(self.keys.status, stream, json.dumps(status))
@@ -80,6 +90,11 @@ class WorkList:
         pipe.publish(self.keys.wake, stream)
         await self._do(pipe.execute())
         return status
+
+    def source_url(self, spec: dict[str, Any]) -> str:
+        """The URL a worker opens for a spec: unsealed with this process's source_key."""
+        sealed = spec.get("sealed")
+        return str(spec["url"]) if sealed is None else open_url(str(sealed), self.source_key)
 
     async def specs(self) -> dict[str, dict[str, Any]]:
         """Every stream on the list: url, realtime, wanted."""

@@ -40,6 +40,7 @@ from livesense.pipeline.supervisor import StageSupervisor
 from livesense.records import EndOfStream, Features, Gap, Snippet
 from livesense.stream.reconnect import ReconnectingSource
 from livesense.stream.source import Source, open_source
+from livesense.urls import shown_url
 
 log = logging.getLogger("livesense.pipeline")
 
@@ -114,7 +115,7 @@ class StreamPipeline:
         self.store = store
         self.perception = perception
         self.realtime = realtime
-        self.status = StreamStatus(stream=stream, url=url)
+        self.status = StreamStatus(stream=stream, url=shown_url(url))  # no credentials shown
         self.on_record = on_record
         self.source: Source | None = source  # given: already open (e.g. a WebRTC track)
         self._pools = {

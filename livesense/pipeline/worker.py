@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from livesense.config import Settings
+from livesense.errors import LivesenseError
 from livesense.memory.redis_store import RedisStore
 from livesense.memory.work_list import WorkList
 from livesense.pipeline.manager import StreamManager
@@ -131,10 +132,15 @@ class Worker:
                 continue
             if sid in self.manager.pipelines or len(self.manager.running()) >= self.max_streams:
                 continue
+            try:
+                url = self.work.source_url(spec)  # credentials travel sealed
+            except LivesenseError as e:
+                log.error("worker %s cannot open stream %s: %s", self.id, sid, e)
+                status = {**(await self.work.status(sid) or {}), "state": "error", "error": str(e)}
+                await self.work.finish(sid, status, self.id)
+                continue
             if await asyncio.to_thread(self.store.acquire, sid):
-                pipeline = await self.manager.start(
-                    spec["url"], sid, realtime=bool(spec.get("realtime"))
-                )
+                pipeline = await self.manager.start(url, sid, realtime=bool(spec.get("realtime")))
                 await self.work.report(sid, pipeline.status.to_json(), self.id)
                 log.info("worker %s took stream %s", self.id, sid)
         await self.work.heartbeat(

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import av
 import av.error
@@ -28,6 +28,7 @@ from livesense.stream.frame_size import frame_size
 from livesense.stream.handoff import Item
 from livesense.stream.media_guard import MediaGuard
 from livesense.stream.options import SourceOptions
+from livesense.urls import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,7 @@ class _Target:
 
 
 def _hide_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return shown_url(url)
 
 
 def _resolve(url: str, rtsp_transport: str, timeout: float) -> _Target:
@@ -109,6 +104,8 @@ def _open_error(target: _Target, e: Exception, timeout: float, waited: float) ->
     if target.kind != "file" and waited >= timeout * 0.95:
         return SourceError(f"Could not open {what}: no answer within {timeout:g} s.")
     reason = sentence(getattr(e, "strerror", None) or str(e))
+    if target.arg != what:  # the library may quote the URL it was given, credentials and all
+        reason = reason.replace(target.arg, what)
     if target.kind == "file":
         if isinstance(e, av.error.PermissionError):
             return SourceError(f"The file {what} cannot be read: permission denied.")

@@ -200,6 +200,7 @@ class WebRTCSource:
             raise SourceError("This WebRTC source already has a publisher.")
         if not offer.lstrip().startswith("v=0"):
             raise SourceError("The body is not an SDP offer: it must start with 'v=0'.")
+        check_offer(offer)
         self._loop = asyncio.get_running_loop()
         servers = [
             aiortc.RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
@@ -213,7 +214,7 @@ class WebRTCSource:
         try:
             await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=offer, type="offer"))
         except Exception as e:  # aiortc raises ValueError, OperationError, ... for bad offers
-            await pc.close()
+            await _close_quietly(pc)
             raise SourceError(_offer_error(e)) from None
         receivers: dict[str, RTCRtpReceiver] = {}
         for transceiver in pc.getTransceivers():
@@ -221,7 +222,7 @@ class WebRTCSource:
             if track is not None and transceiver.kind not in receivers:
                 receivers[transceiver.kind] = transceiver.receiver
         if not receivers:
-            await pc.close()
+            await _close_quietly(pc)
             raise SourceError("The SDP offer sends no audio or video track.")
         self.has_audio = "audio" in receivers
         self.has_video = "video" in receivers
@@ -244,7 +245,7 @@ class WebRTCSource:
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
-            await pc.close()
+            await _close_quietly(pc)
             raise SourceError(_offer_error(e)) from None
         for kind, receiver in receivers.items():
             sync = self._sync[kind] = _Sync(kind, receiver=receiver)
@@ -282,12 +283,25 @@ class WebRTCSource:
             if key == "a=mid":
                 mid = value.strip()
             elif key == "a=candidate":
+                shown = "".join(c if c.isprintable() else "?" for c in value[:80])
+                bad = SourceError(
+                    f"The ICE candidate {shown!r} is malformed: it needs a foundation, "
+                    "component, transport, priority, address, port and 'typ <type>'."
+                )
+                fields = value.split()
+                if len(fields) < 8 or fields[6] != "typ":
+                    raise bad
                 try:
                     candidate = candidate_from_sdp(value)
-                except (ValueError, IndexError):
-                    raise SourceError(f"The ICE candidate {value[:80]!r} is malformed.") from None
+                except Exception:  # aiortc's parser asserts and indexes on what it is given
+                    raise bad from None
                 candidate.sdpMid = mid
-                await self.pc.addIceCandidate(candidate)
+                try:
+                    await self.pc.addIceCandidate(candidate)
+                except Exception:
+                    raise SourceError(
+                        f"The ICE candidate {shown!r} could not be added to this session."
+                    ) from None
                 added += 1
             elif line == "a=end-of-candidates":
                 await self.pc.addIceCandidate(None)
@@ -661,11 +675,59 @@ def _channels(frame: Any) -> int:
     return int(n)
 
 
+MEDIA_KINDS = ("audio", "video", "application")
+
+
+def check_offer(offer: str) -> None:
+    """Refuse, with a sentence, what aiortc would trip over: a media section other than audio,
+    video or data channels, and a BUNDLE group naming a mid that no section has."""
+    mids: list[str] = []
+    bundles: list[str] = []
+    for raw in offer.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+            if kind not in MEDIA_KINDS:
+                shown = "".join(c for c in kind[:20] if c.isprintable())
+                raise SourceError(
+                    f"The SDP offer has a media section of kind {shown!r}; this service takes "
+                    "only audio and video."
+                )
+        elif line.startswith("a=mid:"):
+            mids.append(line[6:].strip())
+        elif line.startswith("a=group:BUNDLE"):
+            bundles.extend(line[len("a=group:BUNDLE") :].split())
+    for mid in bundles:
+        if mid not in mids:
+            shown = "".join(c for c in mid[:20] if c.isprintable())
+            raise SourceError(
+                f"The SDP offer's BUNDLE group names mid {shown!r}, which no media section has."
+            )
+
+
+async def _close_quietly(pc: Any) -> None:
+    """Close a peer connection that may be half set up (aiortc may raise while it closes)."""
+    with contextlib.suppress(Exception):
+        await pc.close()
+
+
+# What aiortc raises for offers it refuses on purpose; anything else is its internals failing
+# on hostile input, whose words (attribute names, index errors) mean nothing to a publisher.
+_REFUSALS = ("ValueError", "InvalidAccessError", "InvalidStateError", "OperationError")
+_INTERNAL = ("NoneType", "object has no attribute", "index out of range", "not subscriptable",
+             "unexpected keyword", "Traceback", "object is not")  # fmt: skip
+
+
 def _offer_error(e: Exception) -> str:
-    """One sentence for an offer aiortc refused."""
+    """One sentence for an offer aiortc refused, never repeating the library's internals."""
     text = " ".join(str(e).split()).rstrip(".")
     if "description send parameters" in text:
         kind = "video" if "video" in text else "audio"
         codecs = "VP8 or H.264 (packetization-mode 1)" if kind == "video" else "Opus"
         return f"The SDP offer has no {kind} codec this service can take: offer {codecs}."
-    return f"The SDP offer is malformed: {text or e.__class__.__name__}."
+    if type(e).__name__ in _REFUSALS and text and not any(x in text for x in _INTERNAL):
+        return f"The SDP offer is malformed: {text[:200]}."
+    return (
+        "The SDP offer could not be used: it is malformed or asks for something this service "
+        "does not support."
+    )

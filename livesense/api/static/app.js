@@ -446,6 +446,10 @@ function addWatch(q, stream) {
 function connectWatch(watch) {
   const socket = api.watch(watch.q, watch.stream);
   watch.socket = socket;
+  let opened = false;
+  socket.addEventListener("open", () => {
+    opened = true;
+  });
   socket.addEventListener("message", (event) => {
     const msg = JSON.parse(event.data);
     if (msg.watching) {
@@ -478,6 +482,9 @@ function connectWatch(watch) {
       watch.metaEl.textContent = event.reason || "refused by the service";
       return;
     }
+    // refused before it opened (a token, stream or rate limit: an HTTP answer the browser
+    // does not show), or the service is unreachable: say so, and try again later
+    if (!opened) watch.metaEl.textContent = "not open: check the token; retrying";
     watch.retry = Math.min(watch.retry + 1, 6);
     setTimeout(() => !watch.closed && connectWatch(watch), 500 * 2 ** watch.retry);
   });
