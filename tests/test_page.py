@@ -278,3 +278,16 @@ def test_page_publishes_and_finds_speech_and_text(browser: Cdp, tmp_path: Path) 
             time.sleep(0.5)
         assert live.status("lobby")["state"] == "done"
         assert live.store.count("lobby") >= 4
+
+        # The header names the newest moment (by time), and the rows run newest first.
+        end = round(max(r.end for r in live.store.recent("lobby", 200)))
+        want = f"newest {end // 60}:{end % 60:02d}"
+        cdp.until(
+            f"document.querySelector('#timeline-sub').textContent.includes({json.dumps(want)})",
+            20, f"the timeline header to say {want!r}",
+        )
+        starts = cdp.js(
+            "[...document.querySelectorAll('#timeline .moment-row')]"
+            ".map(r => Number(r.dataset.start))"
+        )
+        assert starts == sorted(starts, reverse=True), starts

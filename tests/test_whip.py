@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import fractions
 import random
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -492,3 +493,19 @@ async def test_ice_servers_are_used_and_advertised(tmp_path: Path) -> None:
         '<turn:t.example:3478?transport=udp>; rel="ice-server"; username="u"; '
         'credential="p"; credential-type="password"'
     )
+
+
+def test_timeline_lists_the_newest_moments_first(sample_memory: Path, tmp_path: Path) -> None:
+    memory = tmp_path / "memory"
+    shutil.copytree(sample_memory, memory)
+    with LiveServer(server_settings(memory)) as live:
+        every = httpx.get(
+            f"{live.url}/v1/streams/sample/timeline", params={"limit": 200}, headers=AUTH
+        ).json()["moments"]
+        newest = httpx.get(
+            f"{live.url}/v1/streams/sample/timeline", params={"limit": 3}, headers=AUTH
+        ).json()["moments"]
+    starts = [m["start"] for m in every]
+    assert len(starts) >= 5 and starts == sorted(starts, reverse=True), starts
+    assert every[0]["end"] == max(m["end"] for m in every)
+    assert [m["start"] for m in newest] == starts[:3]  # the newest three, newest first
