@@ -46,6 +46,15 @@ class PerceptionSettings(BaseModel):
         description="Mean absolute grey change (0..1) of the picture above which OCR runs again "
         "(a caption changing on the same background measures about 0.06).",
     )
+    ocr_region_change: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="Mean absolute grey change (0..1) of any region an eighth of the picture "
+        "wide and a sixth high above which OCR runs again: a caption replaced on a still "
+        "picture measures about 0.07 there and under 0.01 as a whole (1: whole-picture "
+        "change only).",
+    )
     ocr_max_side: int = 960
     ocr_max_interval: float = Field(
         10.0, description="Run OCR at least this often (s) on a still picture that changed."

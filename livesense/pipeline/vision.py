@@ -2,8 +2,9 @@
 
 Cheap measures (scene change, motion, colours, keyframe) come from small thumbnails of every
 sampled frame. The models run on few frames: faces on one or two, the CLIP slot on the
-keyframe, OCR on the keyframe only when the picture changed since the last read (OCR costs
-a few hundred milliseconds, the rest of the stage a few).
+keyframe, OCR at most once per snippet and only when the picture changed since the last read,
+as a whole or in one region (a caption changing on a still picture), since OCR costs a few
+hundred milliseconds and the rest of the stage a few.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ SCENE_CUT = 0.5
 """Bhattacharyya distance between colour histograms above which two frames are a cut."""
 STILL = 0.005
 """Mean grey change (0..1) below which a picture counts as unchanged even by the OCR clock."""
+REGION = (12, 9)
+"""(W, H) in thumbnail pixels of the window over which a local change is measured: an eighth
+of the picture's width and a sixth of its height, about a caption's word."""
 FACE_SECOND_FRAME = 0.02
 """A second frame is searched for faces only if it differs from the keyframe by this much."""
 MIN_COLOR_SHARE = 0.08
@@ -59,12 +63,16 @@ class VisionPerception:
     named in `features.skipped` ("ocr", "faces", "clip"; "<stage>:error" when a model raised);
     "ocr" is named only when a read was due.
 
-    OCR runs at most once per snippet, on the keyframe, when it differs from the frame of the
-    last read by more than `ocr_change_threshold`, or when the last read is older than
-    `ocr_max_interval` and the picture changed at all. When OCR does not run and the picture
-    has not changed, the snippet gets the last read's lines (the text is still on screen) with
-    `t` set to this snippet's keyframe time; `last_ocr` says which happened: "read",
-    "carried", "changed" (changed, not read: shed or failed) or "none".
+    OCR runs at most once per snippet. The keyframe is read when it differs from the frame of
+    the last read by more than `ocr_change_threshold` as a whole, or by more than
+    `ocr_region_change` in some region (`REGION`: a caption replaced on a still picture
+    changes one strip of it and hardly the mean), or when the last read is older than
+    `ocr_max_interval` and the picture changed at all. When the keyframe is not read, the
+    snippet's last frame is checked the same way, so text that appears after the keyframe is
+    read in the snippet where it appears, not the next. A snippet without a read and without
+    a change gets the last read's lines (the text is still on screen) with `t` set to this
+    snippet's keyframe time; `last_ocr` says which happened: "read", "carried", "changed"
+    (changed, not read: shed or failed) or "none".
     """
 
     def __init__(
@@ -137,13 +145,42 @@ class VisionPerception:
                 features.image_embedding = emb
         if self.ocr is not None:
             features.ocr = self._read(key, features, shed)
+            if self.last_ocr == "carried" and views[-1] is not key and shed == 0:
+                features.ocr = self._read_tail(views[-1], features, features.ocr)
+
+    def _due(self, view: _View) -> tuple[bool, bool]:
+        """(changed, due): whether `view` differs from the frame of the last read, as a whole or
+        in a region, and whether it is due a read (changed, or the read is old and the picture
+        moved at all)."""
+        last = self._ocr_view
+        if last is None:
+            return True, True
+        change = _change(last, view)
+        changed = (
+            change > self.settings.ocr_change_threshold
+            or _region_change(last, view) > self.settings.ocr_region_change
+        )
+        stale = view.frame.t - last.frame.t >= self.settings.ocr_max_interval
+        return changed, changed or (stale and change > STILL)
+
+    def _read_tail(self, tail: _View, features: Features, carried: list[OcrLine]) -> list[OcrLine]:
+        """The carried lines, plus what the snippet's last frame shows when its text changed
+        after the keyframe (the snippet's one read)."""
+        changed, _ = self._due(tail)
+        if not changed:
+            return carried
+        lines = self._guard("ocr", features, None, lambda: self._ocr(tail))
+        if lines is None:
+            self.last_ocr = "changed"
+            return carried
+        self.last_ocr = "read"
+        seen = {_norm(line.text) for line in carried}
+        return carried + [line for line in lines if _norm(line.text) not in seen]
 
     def _read(self, key: _View, features: Features, shed: int) -> list[OcrLine]:
         last = self._ocr_view
-        change = 1.0 if last is None else _change(last, key)
-        changed = change > self.settings.ocr_change_threshold
-        stale = last is not None and key.frame.t - last.frame.t >= self.settings.ocr_max_interval
-        if changed or (stale and change > STILL):
+        changed, due = self._due(key)
+        if due:
             if shed >= 1:
                 features.skipped.append("ocr")
             else:
@@ -210,6 +247,16 @@ def _view(frame: VideoFrame) -> _View:
 def _change(a: _View, b: _View) -> float:
     """Mean absolute grey difference of two thumbnails, 0..1."""
     return float(np.mean(np.abs(a.grey - b.grey)))
+
+
+def _region_change(a: _View, b: _View) -> float:
+    """The largest mean absolute grey difference (0..1) over any REGION-sized window."""
+    diff = np.abs(a.grey - b.grey)
+    return float(cv2.blur(diff, REGION, borderType=cv2.BORDER_CONSTANT).max())
+
+
+def _norm(text: str) -> str:
+    return "".join(text.split()).casefold()
 
 
 def _hist_distance(a: _View, b: _View) -> float:
