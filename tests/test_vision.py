@@ -256,3 +256,14 @@ def test_captions_changed_on_a_still_slide_are_timed_by_their_snippet(tmp_path: 
             ("PLATFORM", ("GATE", "CAFE"))
         )
         assert want in texts and not any(o in texts for o in others), (r.start, texts)
+
+
+def test_a_local_change_without_text_costs_no_read(reader: OcrReader) -> None:
+    vision = VisionPerception(PerceptionSettings(faces=False), ocr=reader)
+    run(vision, snippet(0, [slide("GATE B-52 NOW BOARDING")] * 4))
+    ball = slide("GATE B-52 NOW BOARDING")
+    cv2.circle(ball, (560, 60), 25, (230, 230, 230), -1)  # far from the caption
+    before = reader.calls
+    f = run(vision, snippet(1, [ball] * 4))
+    assert reader.calls == before and vision.ocr_probes == 1 and vision.last_ocr == "carried"
+    assert "GATE" in norm(" ".join(line.text for line in f.ocr))

@@ -102,6 +102,7 @@ class VisionPerception:
         self._ocr_lines: list[OcrLine] = []
         self.last_ocr = "none"
         self.ocr_runs = 0
+        self.ocr_probes = 0  # text detections on a changed region alone
         self.seconds: dict[str, float] = {}  # time spent per part, for benchmarks
 
     def process(self, snippet: Snippet, features: Features, *, shed: int = 0) -> None:
@@ -146,26 +147,62 @@ class VisionPerception:
         if self.ocr is not None:
             features.ocr = self._read(key, features, shed)
             if self.last_ocr == "carried" and views[-1] is not key and shed == 0:
-                features.ocr = self._read_tail(views[-1], features, features.ocr)
+                features.ocr = self._read_tail(key, views[-1], features, features.ocr)
 
     def _due(self, view: _View) -> tuple[bool, bool]:
         """(changed, due): whether `view` differs from the frame of the last read, as a whole or
-        in a region, and whether it is due a read (changed, or the read is old and the picture
-        moved at all)."""
+        in a region that holds text, and whether it is due a read (changed, or the read is old
+        and the picture moved at all)."""
         last = self._ocr_view
         if last is None:
             return True, True
         change = _change(last, view)
-        changed = (
-            change > self.settings.ocr_change_threshold
-            or _region_change(last, view) > self.settings.ocr_region_change
-        )
+        if change > self.settings.ocr_change_threshold:
+            return True, True
+        box = _changed_box(last, view, self.settings.ocr_region_change)
+        if box is not None and self._text_in(box, view):
+            return True, True
         stale = view.frame.t - last.frame.t >= self.settings.ocr_max_interval
-        return changed, changed or (stale and change > STILL)
+        return False, stale and change > STILL
 
-    def _read_tail(self, tail: _View, features: Features, carried: list[OcrLine]) -> list[OcrLine]:
+    def _text_in(self, box: tuple[float, float, float, float], view: _View) -> bool:
+        """Whether a changed region (0..1 of the picture) held text at the last read or holds
+        text now. The second is asked of the text detector on that region alone, a fraction
+        of a read's cost, so a local change without text (a ball, a hand) costs no read."""
+        x0, y0, x1, y1 = box
+        if self._ocr_view is not None:
+            h, w = self._ocr_view.frame.image.shape[:2]
+            for line in self._ocr_lines:
+                lx0, ly0, lx1, ly1 = line.box
+                if lx0 / w < x1 and x0 < lx1 / w and ly0 / h < y1 and y0 < ly1 / h:
+                    return True
+        assert self.ocr is not None
+        h, w = view.frame.image.shape[:2]
+        crop = view.frame.image[
+            int(y0 * h) : int(np.ceil(y1 * h)), int(x0 * w) : int(np.ceil(x1 * w))
+        ]
+        t0 = time.perf_counter()
+        try:
+            found = bool(
+                self.ocr.detect(cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR))
+            )
+        except Exception as e:  # the read that follows reports the failure
+            log.debug("text detection on a changed region failed: %s", e)
+            found = True
+        self.ocr_probes += 1
+        self._add("ocr_probe", t0)
+        return found
+
+    def _read_tail(
+        self, key: _View, tail: _View, features: Features, carried: list[OcrLine]
+    ) -> list[OcrLine]:
         """The carried lines, plus what the snippet's last frame shows when its text changed
         after the keyframe (the snippet's one read)."""
+        s = self.settings
+        if _change(key, tail) <= s.ocr_change_threshold and (
+            _changed_box(key, tail, s.ocr_region_change) is None
+        ):
+            return carried  # as the keyframe: nothing new to ask
         changed, _ = self._due(tail)
         if not changed:
             return carried
@@ -249,10 +286,21 @@ def _change(a: _View, b: _View) -> float:
     return float(np.mean(np.abs(a.grey - b.grey)))
 
 
-def _region_change(a: _View, b: _View) -> float:
-    """The largest mean absolute grey difference (0..1) over any REGION-sized window."""
+def _changed_box(a: _View, b: _View, threshold: float) -> tuple[float, float, float, float] | None:
+    """The box (x0, y0, x1, y1 as 0..1 of the picture) around every REGION-sized window whose
+    mean absolute grey difference exceeds `threshold`; None when none does."""
     diff = np.abs(a.grey - b.grey)
-    return float(cv2.blur(diff, REGION, borderType=cv2.BORDER_CONSTANT).max())
+    windows = cv2.blur(diff, REGION, borderType=cv2.BORDER_CONSTANT)
+    ys, xs = np.nonzero(windows > threshold)
+    if len(xs) == 0:
+        return None
+    (rw, rh), (h, w) = REGION, diff.shape
+    return (
+        max(0, int(xs.min()) - rw // 2) / w,
+        max(0, int(ys.min()) - rh // 2) / h,
+        min(w, int(xs.max()) + rw // 2 + 1) / w,
+        min(h, int(ys.max()) + rh // 2 + 1) / h,
+    )
 
 
 def _norm(text: str) -> str:
