@@ -17,10 +17,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from livesense import __version__
 from livesense.api.token_cli import token_app
 from livesense.config import Settings, load_settings
 from livesense.engines.cli import bench_app, engines_app
 from livesense.errors import LivesenseError
+from livesense.memory.answer import compose_answer
 from livesense.records import Answer, Hit
 
 app = typer.Typer(
@@ -30,6 +32,42 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _flags_take_no_value() -> None:
+    """Typer's rich help prints a flag's type ("<bool>") in the value column, as if the flag
+    took a value; a flag takes none, so its column stays empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    setattr(TyperOption, "display_type_rich", display_type_rich)  # noqa: B010
+
+
+_flags_take_no_value()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"livesense {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Streaming perception: ingest live or recorded audio/video, then search and ask."""
+
+
 app.add_typer(engines_app, name="engines")
 app.add_typer(bench_app, name="bench")
 app.add_typer(token_app, name="token")
@@ -155,10 +193,12 @@ async def _show_progress(pipeline: Any, task: asyncio.Task[Any]) -> None:
             await asyncio.wait({task}, timeout=0.25)
 
 
+def _nothing(query: str, stream: str | None) -> str:
+    """The one sentence that says no stored moment matches (as `ask` answers it)."""
+    return compose_answer(query, [], stream=stream).text
+
+
 def _print_hits(hits: list[Hit]) -> None:
-    if not hits:
-        out.print("nothing found")
-        return
     table = Table(show_header=True, header_style="bold")
     for col in ("stream", "time", "score", "evidence"):
         table.add_column(col)
@@ -198,8 +238,10 @@ def search(
         store.close()
     if as_json:
         print(json.dumps({"hits": [h.to_json() for h in hits]}))
-    else:
+    elif hits:
         _print_hits(hits)
+    else:
+        out.print(_nothing(query, stream), markup=False, highlight=False)
 
 
 @app.command()
@@ -221,8 +263,9 @@ def ask(
     if as_json:
         print(json.dumps(answer.to_json()))
     else:
-        out.print(f"[bold]{answer.text}[/]")
-        _print_hits(answer.hits)
+        out.print(f"[bold]{escape(answer.text)}[/]")
+        if answer.hits:
+            _print_hits(answer.hits)
 
 
 ServeHost = Annotated[
@@ -443,23 +486,55 @@ async def _worker(settings: Settings) -> None:
         store.close()
 
 
+def usage_sentence(e: Exception) -> str:
+    """One sentence for a command-line usage error, naming the option or argument at fault
+    and where help is (the parser's own text starts with its class name or "Usage:")."""
+    ctx = getattr(e, "ctx", None)
+    where = f"livesense {ctx.command_path.partition(' ')[2]}".strip() if ctx else "livesense"
+    param = getattr(e, "param", None)
+    name = getattr(e, "option_name", None)
+    message = str(getattr(e, "message", "") or e).strip().rstrip(".")
+    if param is not None:
+        opts = [o for o in getattr(param, "opts", []) if o.startswith("-")]
+        label = " / ".join(opts) if opts else str(getattr(param, "name", "")).upper()
+        if type(e).__name__ == "MissingParameter":
+            text = f"{where} needs {label}"
+        else:
+            text = f"Invalid value for {label}: {message[:1].lower()}{message[1:]}"
+    elif type(e).__name__ == "NoSuchOption" and name:
+        possible = sorted(getattr(e, "possibilities", None) or [])
+        text = f"{where} has no option {name}"
+        if possible:
+            text += f" (did you mean {' or '.join(possible)}?)"
+    else:
+        text = message or "The command line could not be read"
+    return f"{text}; see '{where} --help'."
+
+
 def main() -> None:
     """Entry point: errors become one sentence on stderr and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        app(prog_name="livesense", standalone_mode=False)
     except LivesenseError as e:
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
+    except (typer.Exit, typer.Abort) as e:
+        sys.exit(getattr(e, "exit_code", 130 if isinstance(e, typer.Abort) else 0))
+    except typer.TyperException as e:  # the command line's usage errors (typer's click)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # help was printed
+        err.print(f"[red]error:[/] {escape(usage_sentence(e))}", highlight=False)
+        sys.exit(int(getattr(e, "exit_code", 2)))
+    except Exception as e:
         import click
 
         if isinstance(e, click.exceptions.Exit):
             sys.exit(e.exit_code)
         if isinstance(e, click.ClickException):
-            e.show()
+            err.print(f"[red]error:[/] {escape(usage_sentence(e))}", highlight=False)
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)

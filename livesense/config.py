@@ -90,6 +90,15 @@ class MemorySettings(BaseModel):
     key_half_life: float = Field(
         3600.0, gt=0.0, description="Stream seconds over which a key moment's salience halves."
     )
+    min_score: float = Field(
+        0.175,
+        ge=0.0,
+        le=1.0,
+        description="Search and ask return no moment scoring below this (0..1). Calibrated "
+        "with the default models (bench/search_floor.py): questions about things not in "
+        "memory found at best 0.16, questions about what is there 0.29-1.0 but for two "
+        "(0.11, 0.16) of 24; see the README.",
+    )
     text_chars: int = Field(
         32_000,
         ge=1000,
