@@ -338,17 +338,34 @@ async def _serve(
     from livesense.api.auth import bind_host, read_token_file
     from livesense.api.server import Server
     from livesense.api.tokens import open_token_store
+    from livesense.memory.store import WriterBusyError
     from livesense.memory.watch import WatchHub
     from livesense.pipeline.manager import StreamManager
     from livesense.pipeline.perception import Perception
 
+    _server_logging(settings)
     hub = WatchHub()
     shared = settings.redis.url is not None
-    store = _open_store(
-        settings.memory, settings, readonly=shared and source is None, hub=hub, follow=shared
-    )
+    busy = False
+    try:
+        store = _open_store(
+            settings.memory, settings, readonly=shared and source is None, hub=hub, follow=shared
+        )
+    except WriterBusyError:
+        if source is not None:
+            raise
+        # Another process (an ingest) writes this memory: serve it read-only meanwhile.
+        store = _open_store(settings.memory, settings, readonly=True, hub=hub)
+        busy = True
+        err.print(
+            f"another process is writing to the memory in {settings.memory}: serving it "
+            "read-only (queries see what it stores; to start streams here, stop that process "
+            "and use 'livesense run' or POST /v1/streams)",
+            markup=False,
+            highlight=False,
+        )
     perception = Perception.from_settings(settings)
-    manager = None if shared else StreamManager(settings, store, perception)
+    manager = None if shared or busy else StreamManager(settings, store, perception)
     work, worker, worker_task = None, None, None
     if shared:
         from livesense.memory.work_list import WorkList
@@ -415,6 +432,14 @@ async def _serve(
             await work.close()
         tokens.close()
         store.close()
+
+
+def _server_logging(settings: Settings) -> None:
+    """A server says what its streams and WHIP sessions do: livesense's own loggers at
+    `log_level` (info by default); other libraries stay at warnings."""
+    level = logging.getLevelName(str(settings.log_level).upper())
+    logger = logging.getLogger("livesense")
+    logger.setLevel(level if isinstance(level, int) else logging.INFO)
 
 
 def _where(settings: Settings) -> str:
