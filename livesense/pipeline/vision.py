@@ -183,9 +183,7 @@ class VisionPerception:
         ]
         t0 = time.perf_counter()
         try:
-            found = bool(
-                self.ocr.detect(cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR))
-            )
+            found = bool(self.ocr.detect(cv2.cvtColor(_padded(crop), cv2.COLOR_RGB2BGR)))
         except Exception as e:  # the read that follows reports the failure
             log.debug("text detection on a changed region failed: %s", e)
             found = True
@@ -301,6 +299,23 @@ def _changed_box(a: _View, b: _View, threshold: float) -> tuple[float, float, fl
         min(w, int(xs.max()) + rw // 2 + 1) / w,
         min(h, int(ys.max()) + rh // 2 + 1) / h,
     )
+
+
+PROBE_SIDES = (64, 128, 256, 512, 1024, 2048, 4096)
+"""Sides a changed region is padded to before text detection: a few input shapes, not one per
+region (on TensorRT every new shape costs an algorithm search)."""
+
+
+def _padded(crop: np.ndarray) -> np.ndarray:
+    """The crop on a canvas of PROBE_SIDES, filled with its median colour (no edge to find)."""
+    h, w = crop.shape[:2]
+    side_h = next((s for s in PROBE_SIDES if s >= h), h)
+    side_w = next((s for s in PROBE_SIDES if s >= w), w)
+    fill = np.median(crop.reshape(-1, crop.shape[2]), axis=0).astype(crop.dtype)
+    canvas = np.empty((side_h, side_w, crop.shape[2]), crop.dtype)
+    canvas[:] = fill
+    canvas[:h, :w] = crop
+    return canvas
 
 
 def _norm(text: str) -> str:
