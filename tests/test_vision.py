@@ -267,3 +267,14 @@ def test_a_local_change_without_text_costs_no_read(reader: OcrReader) -> None:
     f = run(vision, snippet(1, [ball] * 4))
     assert reader.calls == before and vision.ocr_probes == 1 and vision.last_ocr == "carried"
     assert "GATE" in norm(" ".join(line.text for line in f.ocr))
+
+
+def test_text_appearing_where_there_was_none_is_read(reader: OcrReader) -> None:
+    vision = VisionPerception(PerceptionSettings(faces=False), ocr=reader)
+    plain = slide("GATE B-52 NOW BOARDING")
+    run(vision, snippet(0, [plain] * 4))
+    sign_up = plain.copy()
+    cv2.putText(sign_up, "EXIT 4", (470, 40), FONT, 1.0, (255, 255, 255), 2, cv2.LINE_AA)
+    f = run(vision, snippet(1, [sign_up] * 4))  # a small sign on a still picture
+    assert vision.last_ocr == "read" and vision.ocr_probes == 1
+    assert "EXIT4" in norm(" ".join(line.text for line in f.ocr))

@@ -169,21 +169,22 @@ class VisionPerception:
         """Whether a changed region (0..1 of the picture) held text at the last read or holds
         text now. The second is asked of the text detector on that region alone, a fraction
         of a read's cost, so a local change without text (a ball, a hand) costs no read."""
-        x0, y0, x1, y1 = box
         if self._ocr_view is not None:
             h, w = self._ocr_view.frame.image.shape[:2]
             for line in self._ocr_lines:
                 lx0, ly0, lx1, ly1 = line.box
-                if lx0 / w < x1 and x0 < lx1 / w and ly0 / h < y1 and y0 < ly1 / h:
+                if _overlap(box, (lx0 / w, ly0 / h, lx1 / w, ly1 / h)):
                     return True
         assert self.ocr is not None
         h, w = view.frame.image.shape[:2]
-        crop = view.frame.image[
-            int(y0 * h) : int(np.ceil(y1 * h)), int(x0 * w) : int(np.ceil(x1 * w))
-        ]
+        crop, top, left = _probe_crop(view.frame.image, box)
         t0 = time.perf_counter()
         try:
-            found = bool(self.ocr.detect(cv2.cvtColor(_padded(crop), cv2.COLOR_RGB2BGR)))
+            found = False
+            for b in self.ocr.detect(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
+                (x0, y0), (x1, y1) = b.min(axis=0), b.max(axis=0)
+                where = ((left + x0) / w, (top + y0) / h, (left + x1) / w, (top + y1) / h)
+                found = found or _overlap(box, where)  # inside the changed region only
         except Exception as e:  # the read that follows reports the failure
             log.debug("text detection on a changed region failed: %s", e)
             found = True
@@ -302,20 +303,35 @@ def _changed_box(a: _View, b: _View, threshold: float) -> tuple[float, float, fl
 
 
 PROBE_SIDES = (64, 128, 256, 512, 1024, 2048, 4096)
-"""Sides a changed region is padded to before text detection: a few input shapes, not one per
-region (on TensorRT every new shape costs an algorithm search)."""
+"""Sides of the picture's part around a changed region that the text detector is shown: a
+few input shapes, not one per region (on TensorRT every new shape costs an algorithm search)."""
 
 
-def _padded(crop: np.ndarray) -> np.ndarray:
-    """The crop on a canvas of PROBE_SIDES, filled with its median colour (no edge to find)."""
-    h, w = crop.shape[:2]
-    side_h = next((s for s in PROBE_SIDES if s >= h), h)
-    side_w = next((s for s in PROBE_SIDES if s >= w), w)
-    fill = np.median(crop.reshape(-1, crop.shape[2]), axis=0).astype(crop.dtype)
-    canvas = np.empty((side_h, side_w, crop.shape[2]), crop.dtype)
-    canvas[:] = fill
-    canvas[:h, :w] = crop
-    return canvas
+def _probe_crop(
+    image: np.ndarray, box: tuple[float, float, float, float]
+) -> tuple[np.ndarray, int, int]:
+    """(part, top, left): the part of `image` around `box` (0..1 of the picture), grown to
+    PROBE_SIDES (or the picture's own side) with the picture around it, so no artificial edge
+    is added, and where it lies in the picture."""
+    h, w = image.shape[:2]
+
+    def span(lo: float, hi: float, size: int) -> tuple[int, int]:
+        a, b = int(lo * size), int(np.ceil(hi * size))
+        side = min(size, next((s for s in PROBE_SIDES if s >= b - a), size))
+        start = min(max(0, (a + b - side) // 2), size - side)
+        return start, start + side
+
+    top, bottom = span(box[1], box[3], h)
+    left, right = span(box[0], box[2], w)
+    return np.ascontiguousarray(image[top:bottom, left:right]), top, left
+
+
+Box = tuple[float, float, float, float]
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    """Whether two (x0, y0, x1, y1) boxes overlap."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _norm(text: str) -> str:
