@@ -302,7 +302,7 @@ def _changed_box(a: _View, b: _View, threshold: float) -> tuple[float, float, fl
     )
 
 
-PROBE_SIDES = (64, 128, 256, 512, 1024, 2048, 4096)
+PROBE_SIDES = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 """Sides of the picture's part around a changed region that the text detector is shown: a
 few input shapes, not one per region (on TensorRT every new shape costs an algorithm search)."""
 
