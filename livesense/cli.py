@@ -17,10 +17,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from livesense import __version__
 from livesense.api.token_cli import token_app
 from livesense.config import Settings, load_settings
 from livesense.engines.cli import bench_app, engines_app
 from livesense.errors import LivesenseError
+from livesense.memory.answer import compose_answer
 from livesense.records import Answer, Hit
 from livesense.urls import shown_url
 
@@ -31,6 +33,42 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _flags_take_no_value() -> None:
+    """Typer's rich help prints a flag's type ("<bool>") in the value column, as if the flag
+    took a value; a flag takes none, so its column stays empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    setattr(TyperOption, "display_type_rich", display_type_rich)  # noqa: B010
+
+
+_flags_take_no_value()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"livesense {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Streaming perception: ingest live or recorded audio/video, then search and ask."""
+
+
 app.add_typer(engines_app, name="engines")
 app.add_typer(bench_app, name="bench")
 app.add_typer(token_app, name="token")
@@ -156,10 +194,12 @@ async def _show_progress(pipeline: Any, task: asyncio.Task[Any]) -> None:
             await asyncio.wait({task}, timeout=0.25)
 
 
+def _nothing(query: str, stream: str | None) -> str:
+    """The one sentence that says no stored moment matches (as `ask` answers it)."""
+    return compose_answer(query, [], stream=stream).text
+
+
 def _print_hits(hits: list[Hit]) -> None:
-    if not hits:
-        out.print("nothing found")
-        return
     table = Table(show_header=True, header_style="bold")
     for col in ("stream", "time", "score", "evidence"):
         table.add_column(col)
@@ -199,8 +239,10 @@ def search(
         store.close()
     if as_json:
         print(json.dumps({"hits": [h.to_json() for h in hits]}))
-    else:
+    elif hits:
         _print_hits(hits)
+    else:
+        out.print(_nothing(query, stream), markup=False, highlight=False)
 
 
 @app.command()
@@ -222,8 +264,9 @@ def ask(
     if as_json:
         print(json.dumps(answer.to_json()))
     else:
-        out.print(f"[bold]{answer.text}[/]")
-        _print_hits(answer.hits)
+        out.print(f"[bold]{escape(answer.text)}[/]")
+        if answer.hits:
+            _print_hits(answer.hits)
 
 
 ServeHost = Annotated[
@@ -302,10 +345,12 @@ async def _serve(
     from livesense.api.auth import bind_host, check_admin_token, read_token_file
     from livesense.api.server import ConnectionGuard, Server
     from livesense.api.tokens import open_token_store
+    from livesense.memory.store import WriterBusyError
     from livesense.memory.watch import WatchHub
     from livesense.pipeline.manager import StreamManager
     from livesense.pipeline.perception import Perception
 
+    _server_logging(settings)
     admin_token = settings.server.token
     if admin_token is not None:
         admin_token = check_admin_token(admin_token)
@@ -313,11 +358,26 @@ async def _serve(
         admin_token = read_token_file(settings.security.token_file)
     hub = WatchHub()
     shared = settings.redis.url is not None
-    store = _open_store(
-        settings.memory, settings, readonly=shared and source is None, hub=hub, follow=shared
-    )
+    busy = False
+    try:
+        store = _open_store(
+            settings.memory, settings, readonly=shared and source is None, hub=hub, follow=shared
+        )
+    except WriterBusyError:
+        if source is not None:
+            raise
+        # Another process (an ingest) writes this memory: serve it read-only meanwhile.
+        store = _open_store(settings.memory, settings, readonly=True, hub=hub)
+        busy = True
+        err.print(
+            f"another process is writing to the memory in {settings.memory}: serving it "
+            "read-only (queries see what it stores; to start streams here, stop that process "
+            "and use 'livesense run' or POST /v1/streams)",
+            markup=False,
+            highlight=False,
+        )
     perception = Perception.from_settings(settings)
-    manager = None if shared else StreamManager(settings, store, perception)
+    manager = None if shared or busy else StreamManager(settings, store, perception)
     work, worker, worker_task = None, None, None
     if shared:
         from livesense.memory.work_list import WorkList
@@ -388,6 +448,14 @@ async def _serve(
         store.close()
 
 
+def _server_logging(settings: Settings) -> None:
+    """A server says what its streams and WHIP sessions do: livesense's own loggers at
+    `log_level` (info by default); other libraries stay at warnings."""
+    level = logging.getLevelName(str(settings.log_level).upper())
+    logger = logging.getLogger("livesense")
+    logger.setLevel(level if isinstance(level, int) else logging.INFO)
+
+
 def _where(settings: Settings) -> str:
     if settings.redis.url:
         return shown_url(settings.redis.url)
@@ -455,23 +523,55 @@ async def _worker(settings: Settings) -> None:
         store.close()
 
 
+def usage_sentence(e: Exception) -> str:
+    """One sentence for a command-line usage error, naming the option or argument at fault
+    and where help is (the parser's own text starts with its class name or "Usage:")."""
+    ctx = getattr(e, "ctx", None)
+    where = f"livesense {ctx.command_path.partition(' ')[2]}".strip() if ctx else "livesense"
+    param = getattr(e, "param", None)
+    name = getattr(e, "option_name", None)
+    message = str(getattr(e, "message", "") or e).strip().rstrip(".")
+    if param is not None:
+        opts = [o for o in getattr(param, "opts", []) if o.startswith("-")]
+        label = " / ".join(opts) if opts else str(getattr(param, "name", "")).upper()
+        if type(e).__name__ == "MissingParameter":
+            text = f"{where} needs {label}"
+        else:
+            text = f"Invalid value for {label}: {message[:1].lower()}{message[1:]}"
+    elif type(e).__name__ == "NoSuchOption" and name:
+        possible = sorted(getattr(e, "possibilities", None) or [])
+        text = f"{where} has no option {name}"
+        if possible:
+            text += f" (did you mean {' or '.join(possible)}?)"
+    else:
+        text = message or "The command line could not be read"
+    return f"{text}; see '{where} --help'."
+
+
 def main() -> None:
     """Entry point: errors become one sentence on stderr and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        app(prog_name="livesense", standalone_mode=False)
     except LivesenseError as e:
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
+    except (typer.Exit, typer.Abort) as e:
+        sys.exit(getattr(e, "exit_code", 130 if isinstance(e, typer.Abort) else 0))
+    except typer.TyperException as e:  # the command line's usage errors (typer's click)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # help was printed
+        err.print(f"[red]error:[/] {escape(usage_sentence(e))}", highlight=False)
+        sys.exit(int(getattr(e, "exit_code", 2)))
+    except Exception as e:
         import click
 
         if isinstance(e, click.exceptions.Exit):
             sys.exit(e.exit_code)
         if isinstance(e, click.ClickException):
-            e.show()
+            err.print(f"[red]error:[/] {escape(usage_sentence(e))}", highlight=False)
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)

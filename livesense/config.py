@@ -47,6 +47,15 @@ class PerceptionSettings(BaseModel):
         description="Mean absolute grey change (0..1) of the picture above which OCR runs again "
         "(a caption changing on the same background measures about 0.06).",
     )
+    ocr_region_change: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="Mean absolute grey change (0..1) of any region an eighth of the picture "
+        "wide and a sixth high above which OCR runs again: a caption replaced on a still "
+        "picture measures about 0.07 there and under 0.01 as a whole (1: whole-picture "
+        "change only).",
+    )
     ocr_max_side: int = 960
     ocr_max_interval: float = Field(
         10.0, description="Run OCR at least this often (s) on a still picture that changed."
@@ -81,6 +90,15 @@ class MemorySettings(BaseModel):
     )
     key_half_life: float = Field(
         3600.0, gt=0.0, description="Stream seconds over which a key moment's salience halves."
+    )
+    min_score: float = Field(
+        0.175,
+        ge=0.0,
+        le=1.0,
+        description="Search and ask return no moment scoring below this (0..1). Calibrated "
+        "with the default models (bench/search_floor.py): questions about things not in "
+        "memory found at best 0.16, questions about what is there 0.29-1.0 but for two "
+        "(0.11, 0.16) of 24; see the README.",
     )
     text_chars: int = Field(
         32_000,

@@ -249,6 +249,49 @@ def make_clip(
     return path
 
 
+def slide(caption: str, size: tuple[int, int] = (1280, 720)) -> np.ndarray:
+    """A still slide (the same picture for every caption) with `caption` in a lower-third bar."""
+    w, h = size
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = (30, 60, 110)
+    cv2.circle(img, (w // 4, h // 3), h // 6, (200, 160, 40), -1)
+    cv2.rectangle(img, (w * 5 // 8, h // 7), (w * 9 // 10, h * 5 // 9), (60, 140, 60), -1)
+    cv2.rectangle(img, (0, h * 7 // 9), (w, h * 11 // 12), (15, 15, 15), -1)
+    scale = h / 450
+    org = (w // 20, h * 7 // 8)
+    cv2.putText(img, caption, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                max(1, round(2 * scale)), cv2.LINE_AA)
+    return img
+
+
+def make_slides(
+    path: str | Path,
+    captions: list[tuple[float, str]],
+    seconds: float,
+    *,
+    size: tuple[int, int] = (1280, 720),
+    fps: int = 25,
+) -> Path:
+    """An H.264 clip of one still slide whose caption alone changes: `captions` are
+    (from second, text), in time order. No audio."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
+        vs.width, vs.height = size
+        vs.pix_fmt = "yuv420p"
+        pictures: dict[str, np.ndarray] = {}
+        for n in range(int(round(seconds * fps))):
+            text = [c for t, c in captions if t <= n / fps][-1]
+            if text not in pictures:
+                pictures[text] = slide(text, size)
+            frame = av.VideoFrame.from_ndarray(pictures[text], format="rgb24")
+            frame.pts = n
+            frame.time_base = Fraction(1, fps)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+    return path
+
+
 def truncate_copy(src: str | Path, dst: str | Path, keep: float = 0.5) -> Path:
     """Write the first `keep` fraction of the bytes of `src` to `dst` (a cut-off download)."""
     data = Path(src).read_bytes()

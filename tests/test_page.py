@@ -278,3 +278,29 @@ def test_page_publishes_and_finds_speech_and_text(browser: Cdp, tmp_path: Path) 
             time.sleep(0.5)
         assert live.status("lobby")["state"] == "done"
         assert live.store.count("lobby") >= 4
+
+        # The header names the newest moment (by time), and the rows run newest first.
+        end = round(max(r.end for r in live.store.recent("lobby", 200)))
+        want = f"newest {end // 60}:{end % 60:02d}"
+        cdp.until(
+            f"document.querySelector('#timeline-sub').textContent.includes({json.dumps(want)})",
+            20, f"the timeline header to say {want!r}",
+        )
+        starts = cdp.js(
+            "[...document.querySelectorAll('#timeline .moment-row')]"
+            ".map(r => Number(r.dataset.start))"
+        )
+        assert starts == sorted(starts, reverse=True), starts
+
+
+def test_api_docs_render_from_local_files(browser: Cdp, tmp_path: Path) -> None:
+    with LiveServer(server_settings(tmp_path / "memory")) as live:
+        html = urllib.request.urlopen(f"{live.url}/docs", timeout=10).read().decode()
+        assert "cdn." not in html and "/docs/assets/swagger-ui-bundle.js" in html
+        browser.call("Page.navigate", url=f"{live.url}/docs")
+        browser.until("document.querySelectorAll('.opblock').length >= 10", 30, "the operations")
+        title = browser.js("document.querySelector('.info .title')?.textContent || ''")
+        assert title.startswith("livesense"), title
+        assert "/v1/search" in browser.js("document.body.textContent")
+        sources = browser.js("performance.getEntriesByType('resource').map(e => e.name)")
+        assert sources and all(s.startswith(live.url) for s in sources), sources

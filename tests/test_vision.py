@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -9,8 +11,12 @@ import pytest
 from livesense.config import PerceptionSettings
 from livesense.engines.faces import FaceDetector
 from livesense.engines.ocr import OcrReader
+from livesense.memory.store import MemoryStore
 from livesense.pipeline.vision import VisionPerception
 from livesense.records import Features, Snippet, VideoFrame
+from tests.conftest import livesense
+from tests.media import make_slides
+from tests.media import slide as full_slide
 
 W, H = 640, 360
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -66,6 +72,11 @@ def snippet(index: int, images: list[np.ndarray], missing: set[str] | None = Non
     step = 2.0 / len(images) if images else 0.0
     frames = [VideoFrame(start + k * step, im) for k, im in enumerate(images)]
     return Snippet("cam", index, start, start + 2.0, frames=frames, missing=missing or set())
+
+
+def slide(caption: str) -> np.ndarray:
+    """A still slide with a caption, at the size snippets carry (640x360)."""
+    return cv2.resize(full_slide(caption), (W, H), interpolation=cv2.INTER_AREA)
 
 
 def norm(text: str) -> str:
@@ -131,8 +142,7 @@ def test_ocr_runs_only_when_the_picture_changes(reader: OcrReader) -> None:
 def test_ocr_reruns_on_a_small_change_once_the_last_read_is_old(reader: OcrReader) -> None:
     settings = PerceptionSettings(faces=False, ocr_max_interval=3.0)
     vision = VisionPerception(settings, ocr=reader)
-    marked = sign(SIGN)
-    cv2.rectangle(marked, (560, 280), (620, 340), (0, 0, 0), -1)  # below the change threshold
+    marked = sign(SIGN) + np.uint8(4)  # a little brighter: under both change thresholds
     before = reader.calls
     run(vision, snippet(0, [sign(SIGN)] * 4))
     run(vision, snippet(1, [marked] * 4))  # 2 s later: too soon, carried
@@ -206,3 +216,65 @@ def test_a_failing_model_does_not_lose_the_snippet() -> None:
     f = run(vision, snippet(0, [faces_frame([320])] * 2))
     assert f.skipped == ["faces:error"] and f.faces == 0
     assert f.keyframe is not None and f.colors
+
+
+def test_a_caption_appearing_after_the_keyframe_is_read_in_its_snippet(reader: OcrReader) -> None:
+    vision = VisionPerception(PerceptionSettings(faces=False), ocr=reader)
+    old, new = slide("GATE B-52 NOW BOARDING"), slide("CAFE CLOSED EXIT LEFT")
+    run(vision, snippet(0, [old] * 4))
+    before = reader.calls
+    f = run(vision, snippet(1, [old, old, new, new]))  # the keyframe still shows the old one
+    texts = norm(" ".join(line.text for line in f.ocr))
+    assert "CAFE" in texts and "GATE" in texts, texts  # both were on screen in this snippet
+    assert reader.calls - before == 1 and vision.last_ocr == "read"
+    after = run(vision, snippet(2, [new] * 4))
+    texts = norm(" ".join(line.text for line in after.ocr))
+    assert "CAFE" in texts and "GATE" not in texts and reader.calls - before == 1, texts
+
+
+def test_captions_changed_on_a_still_slide_are_timed_by_their_snippet(tmp_path: Path) -> None:
+    clip = make_slides(
+        tmp_path / "slides.mp4",
+        [(0.0, "GATE B-52 NOW BOARDING"), (6.0, "CAFE CLOSED EXIT LEFT"), (12.0, "PLATFORM 9")],
+        18.0,
+    )
+    off = {f"LIVESENSE_PERCEPTION__{k}": "false" for k in ("ASR", "EVENTS", "FACES")}
+    done = livesense("ingest", str(clip), "--memory", str(tmp_path / "m"), "--stream", "slides",
+                     env=off)
+    assert done.returncode == 0, done.stderr
+    store = MemoryStore(tmp_path / "m", readonly=True)
+    try:
+        records = store.recent("slides", 100)
+    finally:
+        store.close()
+    assert len(records) == 9
+    for r in records:
+        texts = norm(" ".join(r.evidence.ocr_texts()))
+        want, others = (
+            ("GATE", ("CAFE", "PLATFORM")) if r.start < 6 else
+            ("CAFE", ("GATE", "PLATFORM")) if r.start < 12 else
+            ("PLATFORM", ("GATE", "CAFE"))
+        )
+        assert want in texts and not any(o in texts for o in others), (r.start, texts)
+
+
+def test_a_local_change_without_text_costs_no_read(reader: OcrReader) -> None:
+    vision = VisionPerception(PerceptionSettings(faces=False), ocr=reader)
+    run(vision, snippet(0, [slide("GATE B-52 NOW BOARDING")] * 4))
+    ball = slide("GATE B-52 NOW BOARDING")
+    cv2.circle(ball, (560, 60), 25, (230, 230, 230), -1)  # far from the caption
+    before = reader.calls
+    f = run(vision, snippet(1, [ball] * 4))
+    assert reader.calls == before and vision.ocr_probes == 1 and vision.last_ocr == "carried"
+    assert "GATE" in norm(" ".join(line.text for line in f.ocr))
+
+
+def test_text_appearing_where_there_was_none_is_read(reader: OcrReader) -> None:
+    vision = VisionPerception(PerceptionSettings(faces=False), ocr=reader)
+    plain = slide("GATE B-52 NOW BOARDING")
+    run(vision, snippet(0, [plain] * 4))
+    sign_up = plain.copy()
+    cv2.putText(sign_up, "EXIT 4", (470, 40), FONT, 1.0, (255, 255, 255), 2, cv2.LINE_AA)
+    f = run(vision, snippet(1, [sign_up] * 4))  # a small sign on a still picture
+    assert vision.last_ocr == "read" and vision.ocr_probes == 1
+    assert "EXIT4" in norm(" ".join(line.text for line in f.ocr))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import fractions
 import random
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -495,3 +496,33 @@ async def test_ice_servers_are_used_and_advertised(tmp_path: Path) -> None:
         '<turn:t.example:3478?transport=udp>; rel="ice-server"; username="u"; '
         'credential="p"; credential-type="password"'
     )
+
+
+@pytest.fixture(scope="module")
+def sample_server(
+    sample_memory: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The real server over a copy of the sample clip's memory (stream "sample")."""
+    memory = tmp_path_factory.mktemp("sample-server") / "memory"
+    shutil.copytree(sample_memory, memory)
+    with LiveServer(server_settings(memory)) as live:
+        yield live
+
+
+def test_timeline_lists_the_newest_moments_first(sample_server: LiveServer) -> None:
+    url = f"{sample_server.url}/v1/streams/sample/timeline"
+    every = httpx.get(url, params={"limit": 200}, headers=AUTH).json()["moments"]
+    newest = httpx.get(url, params={"limit": 3}, headers=AUTH).json()["moments"]
+    starts = [m["start"] for m in every]
+    assert len(starts) >= 5 and starts == sorted(starts, reverse=True), starts
+    assert every[0]["end"] == max(m["end"] for m in every)
+    assert [m["start"] for m in newest] == starts[:3]  # the newest three, newest first
+
+
+def test_search_without_a_match_has_no_hits(sample_server: LiveServer) -> None:
+    url = f"{sample_server.url}/v1/search"
+    for params in ({"q": "zebra xylophone"}, {"q": "zebra xylophone", "stream": "sample"}):
+        r = httpx.get(url, params=params, headers=AUTH)
+        assert r.status_code == 200 and r.json()["hits"] == [], r.text
+    r = httpx.get(url, params={"q": "train to Rome", "stream": "sample"}, headers=AUTH)
+    assert r.json()["hits"][0]["score"] >= 0.175

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livesense import __version__
 from livesense.api.auth import Authenticator, OpenGrants, Principal, bearer_token
+from livesense.api.docs import add_docs
 from livesense.api.limits import RequestLimits, rate_limiter_for
 from livesense.api.tokens import Scope, TokenStore
 from livesense.api.whip import whip_router
@@ -104,7 +105,10 @@ def create_app(services: Services) -> FastAPI:
         if services.manager is not None:
             await services.manager.close()
 
-    app = FastAPI(title="livesense", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="livesense", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    add_docs(app)  # Swagger UI from local files: /docs works offline
     app.state.services = services
     security = services.security or SecuritySettings()
     limiter = rate_limiter_for(services.store, security)  # shared through Redis if there

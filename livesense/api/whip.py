@@ -181,10 +181,11 @@ def _media_type(request: Request) -> str:
 
 
 def _recent(store: Any, stream: str, limit: int) -> list[SnippetRecord]:
-    """The newest `limit` stored moments of a stream, newest first."""
+    """The newest `limit` stored moments of a stream, newest first (the stores' `recent` gives
+    them oldest first)."""
     recent = getattr(store, "recent", None)
     if callable(recent):
-        return list(recent(stream, limit))
+        return sorted(recent(stream, limit), key=lambda r: (r.start, r.index), reverse=True)
     from livesense.memory.evidence_codec import evidence_from_json
 
     uri = store.db_path.resolve().as_uri() + "?mode=ro"
@@ -425,7 +426,7 @@ def whip_router(services: Services) -> WhipRouter:
         limit: Annotated[int, Query(ge=1, le=200)] = 30,
     ) -> Response:
         """The newest stored moments of a stream, newest first, with keyframe URLs, and the gaps
-        (no media: the source dropped or its clock jumped) among them."""
+        (no media: the source dropped or its clock jumped) among them, newest first too."""
         if (denied := _denied(request, services, Scope.READ, stream)) is not None:
             return denied
         try:
@@ -454,7 +455,7 @@ def whip_router(services: Services) -> WhipRouter:
             {"start": g.start, "end": g.end, "reason": g.reason}
             for g in services.store.gaps(stream)
             if g.end >= oldest
-        ][-limit:]
+        ][-limit:][::-1]
         live = hub.by_stream(stream)
         return JSONResponse(
             {

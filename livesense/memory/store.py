@@ -116,6 +116,12 @@ def _unblob(b: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(b, np.float16).reshape(-1, dim).astype(np.float32)
 
 
+class WriterBusyError(LivesenseError):
+    """The memory directory is being written by another process (it holds writer.lock)."""
+
+    status = 409
+
+
 class MemoryStore(Store):
     """The rolling memory of all streams in one directory: add, search, ask, list."""
 
@@ -197,9 +203,11 @@ class MemoryStore(Store):
             fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             lockfile.close()
-            raise LivesenseError(
-                f"Another process is already writing to the memory in {self.root}; "
-                "stop it or open the memory read-only."
+            raise WriterBusyError(
+                f"Another process (an ingest, serve or run) is already writing to the memory "
+                f"in {self.root}; stop it first, or ingest through one process: 'livesense run "
+                "SOURCE' ingests while it serves, and a running server takes new streams with "
+                "POST /v1/streams. Reading it (search, ask, timeline, serve) works meanwhile."
             ) from None
         self._lockfile = lockfile
         try:

@@ -105,7 +105,13 @@ class Store(ABC):
         if not 1 <= int(top_k) <= 1000:
             raise QueryError(f"top_k must be between 1 and 1000, not {top_k}.")
         qvec = self.embedder.embed_query(q)
-        return self._search(qvec, q, stream=stream, start=start, end=end, top_k=int(top_k))
+        hits = self._search(qvec, q, stream=stream, start=start, end=end, top_k=int(top_k))
+        return self._above_floor(hits)
+
+    def _above_floor(self, hits: list[Hit]) -> list[Hit]:
+        """The hits that score at least `min_score`: below it a moment matches no better
+        than an unrelated question's best does, so it is no answer."""
+        return [h for h in hits if h.score >= self.settings.min_score]
 
     @abstractmethod
     def _search(
@@ -127,6 +133,7 @@ class Store(ABC):
             check_stream(stream)
         qvec = self.embedder.embed_query(q)
         hits = self._search(qvec, q, stream=stream, start=None, end=None, top_k=ASK_HITS)
+        hits = self._above_floor(hits)
         return compose_answer(
             q, hits, embedder=self.embedder, qvec=qvec, stream=stream, neighbour=self._neighbour
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import re
+import unicodedata
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from livesense.config import Settings
 from livesense.errors import LivesenseError, NotFoundError, QueryError
@@ -17,17 +20,63 @@ from livesense.stream.source import Source
 
 __all__ = ["StreamManager", "TooManyStreams", "check_stream_id", "stream_id_for"]
 
+log = logging.getLogger("livesense.streams")
+
 
 class TooManyStreams(LivesenseError):
     status = 503
 
 
+_LATIN: dict[int, str] = {
+    ord(a): b
+    for a, b in zip(
+        "øØłŁđĐðÐıßæÆœŒþÞ",
+        ["o", "O", "l", "L", "d", "D", "d", "D", "i", "ss", "ae", "AE", "oe", "OE", "th", "TH"],
+        strict=True,
+    )
+}
+"""Latin letters that Unicode does not decompose into a base letter and an accent."""
+
+
 def stream_id_for(url: str) -> str:
-    """A readable default stream id from a source URL or path ("lobby.mp4" -> "lobby")."""
+    """A readable default stream id from a source URL or path ("lobby.mp4" -> "lobby").
+
+    Stream ids are ASCII (they travel in URLs, Redis keys and file names): accented Latin
+    letters lose their accents ("ünïcode.mp4" -> "unicode"); a name with no Latin letter or
+    digit at all becomes "stream-" and a digest of the name, so two such files stay apart.
+    """
     parsed = urlparse(url)
-    name = Path(parsed.path).stem or parsed.hostname or "stream"
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "stream"
+    raw = unquote(Path(parsed.path).stem) or parsed.hostname or "stream"
+    plain = unicodedata.normalize("NFKD", raw.translate(_LATIN))
+    plain = "".join(c for c in plain if not unicodedata.combining(c))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", plain).strip("-.")
+    if not re.search(r"[A-Za-z0-9]", name):
+        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = f"stream-{digest}" if raw != "stream" else "stream"
     return name[:64]
+
+
+def shown_source(url: str) -> str:
+    """A source URL as it may be logged: without a password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _log_end(stream: str, pipeline: StreamPipeline, task: asyncio.Task[StreamStatus]) -> None:
+    """One line when a stream's ingest ends: how it ended and what it stored."""
+    st = pipeline.status
+    if task.cancelled():
+        log.info("stream %s cancelled after %d snippets", stream, st.snippets)
+    elif task.exception() is not None or st.state == "error":
+        reason = st.error or str(task.exception())
+        log.warning("stream %s failed after %d snippets: %s", stream, st.snippets, reason)
+    else:
+        log.info(
+            "stream %s ended (%s): %d snippets, %.1f s", stream, st.state, st.snippets, st.position
+        )
 
 
 class StreamManager:
@@ -77,7 +126,10 @@ class StreamManager:
             source=source,
         )
         self.pipelines[stream] = pipeline
-        self.tasks[stream] = asyncio.create_task(pipeline.run(), name=f"stream-{stream}")
+        task = asyncio.create_task(pipeline.run(), name=f"stream-{stream}")
+        self.tasks[stream] = task
+        log.info("stream %s started from %s", stream, shown_source(url))
+        task.add_done_callback(lambda t: _log_end(stream, pipeline, t))
         return pipeline
 
     async def stop(self, stream: str, timeout: float = 30.0) -> StreamStatus:  # noqa: ASYNC109

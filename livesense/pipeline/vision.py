@@ -2,8 +2,9 @@
 
 Cheap measures (scene change, motion, colours, keyframe) come from small thumbnails of every
 sampled frame. The models run on few frames: faces on one or two, the CLIP slot on the
-keyframe, OCR on the keyframe only when the picture changed since the last read (OCR costs
-a few hundred milliseconds, the rest of the stage a few).
+keyframe, OCR at most once per snippet and only when the picture changed since the last read,
+as a whole or in one region (a caption changing on a still picture), since OCR costs a few
+hundred milliseconds and the rest of the stage a few.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ SCENE_CUT = 0.5
 """Bhattacharyya distance between colour histograms above which two frames are a cut."""
 STILL = 0.005
 """Mean grey change (0..1) below which a picture counts as unchanged even by the OCR clock."""
+REGION = (12, 9)
+"""(W, H) in thumbnail pixels of the window over which a local change is measured: an eighth
+of the picture's width and a sixth of its height, about a caption's word."""
 FACE_SECOND_FRAME = 0.02
 """A second frame is searched for faces only if it differs from the keyframe by this much."""
 MIN_COLOR_SHARE = 0.08
@@ -59,12 +63,16 @@ class VisionPerception:
     named in `features.skipped` ("ocr", "faces", "clip"; "<stage>:error" when a model raised);
     "ocr" is named only when a read was due.
 
-    OCR runs at most once per snippet, on the keyframe, when it differs from the frame of the
-    last read by more than `ocr_change_threshold`, or when the last read is older than
-    `ocr_max_interval` and the picture changed at all. When OCR does not run and the picture
-    has not changed, the snippet gets the last read's lines (the text is still on screen) with
-    `t` set to this snippet's keyframe time; `last_ocr` says which happened: "read",
-    "carried", "changed" (changed, not read: shed or failed) or "none".
+    OCR runs at most once per snippet. The keyframe is read when it differs from the frame of
+    the last read by more than `ocr_change_threshold` as a whole, or by more than
+    `ocr_region_change` in some region (`REGION`: a caption replaced on a still picture
+    changes one strip of it and hardly the mean), or when the last read is older than
+    `ocr_max_interval` and the picture changed at all. When the keyframe is not read, the
+    snippet's last frame is checked the same way, so text that appears after the keyframe is
+    read in the snippet where it appears, not the next. A snippet without a read and without
+    a change gets the last read's lines (the text is still on screen) with `t` set to this
+    snippet's keyframe time; `last_ocr` says which happened: "read", "carried", "changed"
+    (changed, not read: shed or failed) or "none".
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class VisionPerception:
         self._ocr_lines: list[OcrLine] = []
         self.last_ocr = "none"
         self.ocr_runs = 0
+        self.ocr_probes = 0  # text detections on a changed region alone
         self.seconds: dict[str, float] = {}  # time spent per part, for benchmarks
 
     def process(self, snippet: Snippet, features: Features, *, shed: int = 0) -> None:
@@ -137,13 +146,77 @@ class VisionPerception:
                 features.image_embedding = emb
         if self.ocr is not None:
             features.ocr = self._read(key, features, shed)
+            if self.last_ocr == "carried" and views[-1] is not key and shed == 0:
+                features.ocr = self._read_tail(key, views[-1], features, features.ocr)
+
+    def _due(self, view: _View) -> tuple[bool, bool]:
+        """(changed, due): whether `view` differs from the frame of the last read, as a whole or
+        in a region that holds text, and whether it is due a read (changed, or the read is old
+        and the picture moved at all)."""
+        last = self._ocr_view
+        if last is None:
+            return True, True
+        change = _change(last, view)
+        if change > self.settings.ocr_change_threshold:
+            return True, True
+        box = _changed_box(last, view, self.settings.ocr_region_change)
+        if box is not None and self._text_in(box, view):
+            return True, True
+        stale = view.frame.t - last.frame.t >= self.settings.ocr_max_interval
+        return False, stale and change > STILL
+
+    def _text_in(self, box: tuple[float, float, float, float], view: _View) -> bool:
+        """Whether a changed region (0..1 of the picture) held text at the last read or holds
+        text now. The second is asked of the text detector on that region alone, a fraction
+        of a read's cost, so a local change without text (a ball, a hand) costs no read."""
+        if self._ocr_view is not None:
+            h, w = self._ocr_view.frame.image.shape[:2]
+            for line in self._ocr_lines:
+                lx0, ly0, lx1, ly1 = line.box
+                if _overlap(box, (lx0 / w, ly0 / h, lx1 / w, ly1 / h)):
+                    return True
+        assert self.ocr is not None
+        h, w = view.frame.image.shape[:2]
+        crop, top, left = _probe_crop(view.frame.image, box)
+        t0 = time.perf_counter()
+        try:
+            found = False
+            for b in self.ocr.detect(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
+                (x0, y0), (x1, y1) = b.min(axis=0), b.max(axis=0)
+                where = ((left + x0) / w, (top + y0) / h, (left + x1) / w, (top + y1) / h)
+                found = found or _overlap(box, where)  # inside the changed region only
+        except Exception as e:  # the read that follows reports the failure
+            log.debug("text detection on a changed region failed: %s", e)
+            found = True
+        self.ocr_probes += 1
+        self._add("ocr_probe", t0)
+        return found
+
+    def _read_tail(
+        self, key: _View, tail: _View, features: Features, carried: list[OcrLine]
+    ) -> list[OcrLine]:
+        """The carried lines, plus what the snippet's last frame shows when its text changed
+        after the keyframe (the snippet's one read)."""
+        s = self.settings
+        if _change(key, tail) <= s.ocr_change_threshold and (
+            _changed_box(key, tail, s.ocr_region_change) is None
+        ):
+            return carried  # as the keyframe: nothing new to ask
+        changed, _ = self._due(tail)
+        if not changed:
+            return carried
+        lines = self._guard("ocr", features, None, lambda: self._ocr(tail))
+        if lines is None:
+            self.last_ocr = "changed"
+            return carried
+        self.last_ocr = "read"
+        seen = {_norm(line.text) for line in carried}
+        return carried + [line for line in lines if _norm(line.text) not in seen]
 
     def _read(self, key: _View, features: Features, shed: int) -> list[OcrLine]:
         last = self._ocr_view
-        change = 1.0 if last is None else _change(last, key)
-        changed = change > self.settings.ocr_change_threshold
-        stale = last is not None and key.frame.t - last.frame.t >= self.settings.ocr_max_interval
-        if changed or (stale and change > STILL):
+        changed, due = self._due(key)
+        if due:
             if shed >= 1:
                 features.skipped.append("ocr")
             else:
@@ -210,6 +283,59 @@ def _view(frame: VideoFrame) -> _View:
 def _change(a: _View, b: _View) -> float:
     """Mean absolute grey difference of two thumbnails, 0..1."""
     return float(np.mean(np.abs(a.grey - b.grey)))
+
+
+def _changed_box(a: _View, b: _View, threshold: float) -> tuple[float, float, float, float] | None:
+    """The box (x0, y0, x1, y1 as 0..1 of the picture) around every REGION-sized window whose
+    mean absolute grey difference exceeds `threshold`; None when none does."""
+    diff = np.abs(a.grey - b.grey)
+    windows = cv2.blur(diff, REGION, borderType=cv2.BORDER_CONSTANT)
+    ys, xs = np.nonzero(windows > threshold)
+    if len(xs) == 0:
+        return None
+    (rw, rh), (h, w) = REGION, diff.shape
+    return (
+        max(0, int(xs.min()) - rw // 2) / w,
+        max(0, int(ys.min()) - rh // 2) / h,
+        min(w, int(xs.max()) + rw // 2 + 1) / w,
+        min(h, int(ys.max()) + rh // 2 + 1) / h,
+    )
+
+
+PROBE_SIDES = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+"""Sides of the picture's part around a changed region that the text detector is shown: a
+few input shapes, not one per region (on TensorRT every new shape costs an algorithm search)."""
+
+
+def _probe_crop(
+    image: np.ndarray, box: tuple[float, float, float, float]
+) -> tuple[np.ndarray, int, int]:
+    """(part, top, left): the part of `image` around `box` (0..1 of the picture), grown to
+    PROBE_SIDES (or the picture's own side) with the picture around it, so no artificial edge
+    is added, and where it lies in the picture."""
+    h, w = image.shape[:2]
+
+    def span(lo: float, hi: float, size: int) -> tuple[int, int]:
+        a, b = int(lo * size), int(np.ceil(hi * size))
+        side = min(size, next((s for s in PROBE_SIDES if s >= b - a), size))
+        start = min(max(0, (a + b - side) // 2), size - side)
+        return start, start + side
+
+    top, bottom = span(box[1], box[3], h)
+    left, right = span(box[0], box[2], w)
+    return np.ascontiguousarray(image[top:bottom, left:right]), top, left
+
+
+Box = tuple[float, float, float, float]
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    """Whether two (x0, y0, x1, y1) boxes overlap."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _norm(text: str) -> str:
+    return "".join(text.split()).casefold()
 
 
 def _hist_distance(a: _View, b: _View) -> float:

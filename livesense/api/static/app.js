@@ -283,7 +283,8 @@ async function refreshTimeline() {
     list.lastChild.remove();
   }
   $("timeline-empty").hidden = list.children.length > 0;
-  const newest = body.moments[0];
+  // The API lists moments newest first; the newest is still picked by time, not position.
+  const newest = body.moments.reduce((a, m) => (!a || m.end > a.end ? m : a), null);
   $("timeline-sub").textContent = newest
     ? `${state.records} stored · newest ${clock(newest.end)}${newest.wall ? ` (${wallTime(newest.wall + newest.end - newest.start)})` : ""}`
     : "";
