@@ -387,10 +387,16 @@ def test_cli_engines_list_json_contract(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     (entry,) = data["engines"]
-    assert set(entry) == {"model", "backend", "providers", "precision", "cache"}
+    # The original five keys, extended by why the model runs there and its fixed shapes.
+    assert set(entry) == {
+        "model", "backend", "providers", "precision", "cache", "placement", "buckets"
+    }
     assert entry["model"] == "vad-silero" and isinstance(entry["providers"], list)
+    assert entry["placement"].startswith(entry["backend"] + ": ")
+    assert entry["buckets"] in (0, 1)  # fixed shapes on the GPU only
     if NO_GPU_STACK:
         assert (entry["backend"], entry["precision"], entry["cache"]) == ("ort-cpu", "fp32", None)
+        assert entry["placement"] == "ort-cpu: no GPU backend could run it"
 
 
 @needs_cpu_only

@@ -143,6 +143,7 @@ class EngineBench:
                 max_delay=None if s.batch_max_delay_ms is None else s.batch_max_delay_ms / 1000.0,
                 queue_size=s.batch_queue,
                 stream_queue=s.batch_stream_queue,
+                key=work.group_key,
             )
             try:
                 batched[str(n)] = self._streams(batcher, work.items, n)
