@@ -251,8 +251,9 @@ def load_whisper(device: str, threads: int) -> tuple[Any, str, str]:
             tried = f"cuda failed ({str(e).strip().splitlines()[0][:160]}); "
             if device == "cuda":
                 raise
-    t = Transcriber(device="cpu", threads=max(2, threads))
-    return t, "cpu", tried + "cpu"
+    cores = max(2, (os.cpu_count() or 2) // 2)  # the other half decodes and runs the rest
+    t = Transcriber(device="cpu", threads=cores)
+    return t, "cpu", f"{tried}cpu ({cores} threads)"
 
 
 # -- one stream -------------------------------------------------------------------------------

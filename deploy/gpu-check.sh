@@ -204,7 +204,7 @@ for name in sorted(set(cuda) | set(cpu)):
     gain = g16 / one if one else 0.0
     ratio = g16 / p16 if p16 else 0.0
     print(f"| {name} | {c.get('backend', '-')} | {one:.0f} | {g16:.0f} | {gain:.2f}x | {p16:.0f} | {ratio:.1f}x |")
-    if name in ("ocr-det", "ocr-rec") or "detect" in name or "nanodet" in name:
+    if name in ("ocr-det", "ocr-rec") or "object" in name or "detect" in name or "nanodet" in name:
         met.append((f"{name}: GPU >= 10x CPU at batch 16", ratio >= 10))
     if c and name != "vad-silero":
         met.append((f"{name}: batching >= 2x over batch 1 on the GPU", gain >= 2))
