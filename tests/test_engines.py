@@ -452,7 +452,7 @@ def test_deploy_settings_are_valid_settings_and_compose_has_redis_and_a_gpu() ->
     assert "redis" in app["depends_on"]
     (device,) = app["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    for dockerfile in ("Dockerfile.gpu", "Dockerfile.jetson"):
+    for dockerfile in ("Dockerfile.gpu", "Dockerfile.gpu-cu13", "Dockerfile.jetson"):
         text = (DEPLOY / dockerfile).read_text()
         for copied in ("pyproject.toml", "livesense", "deploy/settings/"):
             assert copied in text  # what the images copy exists in the repository
@@ -469,9 +469,10 @@ def lint_tool(name: str) -> str | None:
 def test_deploy_files_pass_their_linters() -> None:
     import subprocess
 
-    script = DEPLOY / "gpu-check.sh"
-    assert script.stat().st_mode & 0o111, "gpu-check.sh must be executable"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    scripts = [str(DEPLOY / "gpu-check.sh"), str(DEPLOY / "gpu-carry.sh")]
+    for script in scripts:
+        assert Path(script).stat().st_mode & 0o111, f"{script} must be executable"
+        assert subprocess.run(["bash", "-n", script]).returncode == 0
     hadolint, shellcheck = lint_tool("hadolint"), lint_tool("shellcheck")
     if hadolint is None and shellcheck is None:
         pytest.skip(
@@ -479,13 +480,13 @@ def test_deploy_files_pass_their_linters() -> None:
         )
     if hadolint is not None:
         r = subprocess.run(
-            [hadolint, str(DEPLOY / "Dockerfile.gpu"), str(DEPLOY / "Dockerfile.jetson")],
+            [hadolint, *(str(DEPLOY / f"Dockerfile.{k}") for k in ("gpu", "gpu-cu13", "jetson"))],
             capture_output=True,
             text=True,
         )
         assert r.returncode == 0, r.stdout + r.stderr
     if shellcheck is not None:
-        r = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+        r = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
 
 

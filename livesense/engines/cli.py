@@ -60,7 +60,7 @@ def list_engines(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Load every model the pipeline runs and show the backend chosen for each."""
+    """Load every model the pipeline runs and show the backend chosen for each, and why."""
     from livesense.engines.engine_factory import EngineFactory
     from livesense.engines.model_registry import pipeline_specs
 
@@ -79,7 +79,7 @@ def list_engines(
         print(json.dumps({"engines": rows}))
     else:
         table = Table(show_header=True, header_style="bold")
-        for col in ("model", "backend", "providers", "precision", "cache"):
+        for col in ("model", "backend", "providers", "precision", "buckets", "cache", "why"):
             table.add_column(col)
         for r in rows:
             table.add_row(
@@ -87,7 +87,9 @@ def list_engines(
                 r["backend"],
                 escape(", ".join(r["providers"])),
                 r["precision"],
+                str(r["buckets"] or "-"),
                 escape(r["cache"] or "-"),
+                escape(r["placement"].split(": ", 1)[-1]),
             )
         out.print(table)
         notes = sorted({n for r in rows for n in factory.skipped.get(r["model"], [])})

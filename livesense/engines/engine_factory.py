@@ -46,6 +46,7 @@ from livesense.engines.onnx import CPU, CUDA, TENSORRT, OnnxEngine, available_pr
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
+INSTALL_GPU = "(pip install 'livesense[gpu]' for CUDA 12, 'livesense[gpu-cu13]' for CUDA 13)"
 GPU_BACKENDS = BACKENDS[:3]
 
 
@@ -58,11 +59,11 @@ def backend_problem(backend: str) -> str | None:
     if backend == "tensorrt":
         for module, package in (("tensorrt", "tensorrt"), ("cuda", "cuda-python")):
             if importlib.util.find_spec(module) is None:
-                return f"the package '{package}' is not installed (pip install 'livesense[gpu]')"
+                return f"the package '{package}' is not installed {INSTALL_GPU}"
     else:
         provider = TENSORRT if backend == "ort-tensorrt" else CUDA
         if provider not in available_providers():
-            return f"onnxruntime has no {provider} (pip install 'livesense[gpu]')"
+            return f"onnxruntime has no {provider} {INSTALL_GPU}"
     if detect_gpu() is None:
         return "no NVIDIA GPU was found"
     return None

@@ -52,6 +52,8 @@ class Transcriber:
         from faster_whisper import WhisperModel
 
         compute = "int8" if self.device == "cpu" else "int8_float16"
+        if self.device == "cuda":
+            preload_cublas12()
         try:
             self.model = WhisperModel(
                 str(self.path),
@@ -203,6 +205,28 @@ def resolve_model(model: str, cache_dir: Path = CACHE_DIR) -> Path:
             f"The directory {path} holds no CTranslate2 Whisper model (model.bin is missing)."
         )
     return path
+
+
+def preload_cublas12() -> str | None:
+    """Load CUDA 12's cuBLAS from the nvidia-cublas-cu12 package, if it is installed.
+
+    CTranslate2's CUDA build opens libcublas.so.12 by name; on a CUDA 13 machine that library
+    comes only from the pip package (the gpu-cu13 extra), which the loader does not search.
+    Loaded here first, the name resolves to it. Returns the folder used, or None.
+    """
+    import ctypes
+    import sys
+
+    for entry in sys.path:
+        folder = Path(entry or ".") / "nvidia" / "cublas" / "lib"
+        if (folder / "libcublas.so.12").is_file():
+            try:
+                for name in ("libcublasLt.so.12", "libcublas.so.12"):
+                    ctypes.CDLL(str(folder / name), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return None
+            return str(folder)
+    return None
 
 
 def assemble_base(cache_dir: Path = CACHE_DIR) -> Path:
