@@ -277,7 +277,10 @@ class EngineFactory:
         buckets = spec.buckets_for(engine.inputs())
         if buckets is None:
             return
-        engine.set_buckets(buckets, batch_sizes(self.max_batch_of(spec.name)))
+        largest = self.max_batch_of(spec.name)
+        if engine.max_batch is not None:  # a TensorRT profile's bound
+            largest = min(largest, engine.max_batch)
+        engine.set_buckets(buckets, batch_sizes(largest))
         if s.warm_up == "on" or (s.warm_up == "auto" and on_gpu):
             runs = engine.warm()
             log.info(
