@@ -182,7 +182,10 @@ def test_a_model_with_one_fixed_size_gets_its_bucket_and_profile_from_onnx() -> 
     inputs = [TensorInfo("images", ["batch", 3, 416, 416], "tensor(float)")]
     b = buckets_from_inputs(inputs)
     assert b is not None and b.shapes == ({"images": (1, 3, 416, 416)},)
+    assert b.max_batch is None
     assert buckets_from_inputs([TensorInfo("ids", ["b", "t"], "tensor(int64)")]) is None
+    one = buckets_from_inputs([TensorInfo("x", [1, 3, 224, 224], "tensor(float)")])
+    assert one is not None and one.max_batch == 1  # a file exported at batch 1 only
     from livesense.engines.model_spec import ModelSpec
 
     spec = ModelSpec("objects", Path("nanodet.onnx"))
@@ -198,3 +201,31 @@ def test_placement_goes_where_the_model_is_faster_and_says_why() -> None:
     assert why.startswith("ort-cuda: measured per item ort-cuda 0.5 ms at 1")
     winner, _ = choose_placement({"ort-cuda": [5.7e-4, 1.1e-3], "ort-cpu": [1.3e-4, 2e-4]}, sizes)
     assert winner == "ort-cpu"  # the VAD on an H200: slower on the GPU at every size
+
+
+def test_a_file_exported_at_batch_one_runs_bigger_batches_one_by_one(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from livesense.engines.model_spec import ModelSpec
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, str(path))
+    f = factory_with(tmp_path, "on")
+    try:
+        engine = f.engine(ModelSpec("tiny", path))
+        assert engine.batch_sizes == (1,)
+        x = np.random.default_rng(3).standard_normal((3, 3, 8, 8)).astype(np.float32)
+        (y,) = engine.run({"x": x})
+        assert np.array_equal(y, np.maximum(x, 0))
+        assert engine.shape_stats.bucketed == 3
+    finally:
+        f.close()

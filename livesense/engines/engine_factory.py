@@ -278,8 +278,9 @@ class EngineFactory:
         if buckets is None:
             return
         largest = self.max_batch_of(spec.name)
-        if engine.max_batch is not None:  # a TensorRT profile's bound
-            largest = min(largest, engine.max_batch)
+        for bound in (engine.max_batch, buckets.max_batch):  # a TensorRT profile's, the file's
+            if bound is not None:
+                largest = min(largest, bound)
         engine.set_buckets(buckets, batch_sizes(largest))
         if s.warm_up == "on" or (s.warm_up == "auto" and on_gpu):
             runs = engine.warm()

@@ -75,6 +75,7 @@ class Buckets:
     batch_axes: dict[str, int] = field(default_factory=dict)
     opt: int = 0  # the bucket most items fall in (the TensorRT profile's opt shape)
     constants: dict[str, float] = field(default_factory=dict)  # scalar inputs for warm-up runs
+    max_batch: int | None = None  # the model's own limit (an ONNX file with a fixed batch)
 
     def __post_init__(self) -> None:
         if not self.shapes:
@@ -145,27 +146,34 @@ def batch_sizes(max_batch: int) -> tuple[int, ...]:
 
 
 def buckets_from_inputs(inputs: list[TensorInfo]) -> Buckets | None:
-    """One bucket from ONNX inputs whose axes are all fixed except axis 0 (the batch)."""
+    """One bucket from ONNX inputs whose axes are all fixed except axis 0 (the batch); a file
+    whose batch axis is fixed too allows batches up to that size only."""
     shapes: dict[str, Shape] = {}
+    limit: int | None = None
     for info in inputs:
         if not info.shape:
             continue  # a scalar: passed as it is
         dims = []
         for axis, d in enumerate(info.shape):
             if axis == 0:
+                if isinstance(d, int) and d > 0:
+                    limit = d if limit is None else min(limit, d)
                 dims.append(1)
             elif isinstance(d, int) and d > 0:
                 dims.append(d)
             else:
                 return None
         shapes[info.name] = tuple(dims)
-    return Buckets.of(shapes) if shapes else None
+    if not shapes:
+        return None
+    return Buckets((shapes,), max_batch=limit)
 
 
 def bucket_profile(buckets: Buckets, max_batch: int) -> Profile:
     """A TensorRT profile spanning every bucket: min the smallest at batch 1, opt the most
     common bucket at half the largest batch, max the largest at the largest batch."""
     out: Profile = {}
+    max_batch = min(max_batch, buckets.max_batch or max_batch)
     opt_batch = max(1, max_batch // 2)
     for name in buckets.inputs:
         axis = buckets.batch_axis(name)
