@@ -297,6 +297,7 @@ class EngineFactory:
         if s.placement == "first":
             if spec.placement == "ort-cpu":
                 cpu = self._load_on("ort-cpu", spec, threads)
+                self._fix_shapes(spec, cpu)
                 gpu.close()
                 cpu.placement = "ort-cpu: the model's place (engines.placement: first)"
                 return cpu
@@ -313,9 +314,17 @@ class EngineFactory:
             return gpu
         self._fix_shapes(spec, cpu)
         sizes = sorted({1, self.max_batch_of(spec.name)})
-        times = {
-            e.backend: [per_item_seconds(e, buckets, b) for b in sizes] for e in (gpu, cpu)
-        }
+        if gpu.buckets is not None:  # measure within what the GPU engine takes
+            sizes = sorted({1, gpu.batch_sizes[-1]})
+        try:
+            times = {
+                e.backend: [per_item_seconds(e, buckets, b) for b in sizes] for e in (gpu, cpu)
+            }
+        except Exception as e:  # a runtime's error while timing: keep the GPU, say why
+            cpu.close()
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            gpu.placement = f"{gpu.backend}: not timed ({text})"
+            return gpu
         winner, why = choose_placement(times, sizes)
         keep, drop = (cpu, gpu) if winner == "ort-cpu" else (gpu, cpu)
         drop.close()
