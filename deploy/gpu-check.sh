@@ -193,8 +193,9 @@ def load(name):
         return {}
 cuda = {m["model"]: m for m in load("bench-gpu.json").get("models", [])}
 cpu = {m["model"]: m for m in load("bench-cpu.json").get("models", [])}
-print("| model | backend | GPU engine/s (batch 1) | GPU batched 16 /s | gain 16 vs 1 | CPU batched 16 /s | GPU vs CPU |")
-print("|---|---|---|---|---|---|---|")
+print("| model | backend | GPU engine/s (batch 1) | GPU batched 16 /s | gain 16 vs 1 | "
+      "CPU batched 16 /s | GPU vs CPU | buckets | calls off-bucket |")
+print("|---|---|---|---|---|---|---|---|---|")
 met = []
 for name in sorted(set(cuda) | set(cpu)):
     c, p = cuda.get(name, {}), cpu.get(name, {})
@@ -203,7 +204,10 @@ for name in sorted(set(cuda) | set(cpu)):
     p16 = p.get("batched_per_s", {}).get("16", 0.0)
     gain = g16 / one if one else 0.0
     ratio = g16 / p16 if p16 else 0.0
-    print(f"| {name} | {c.get('backend', '-')} | {one:.0f} | {g16:.0f} | {gain:.2f}x | {p16:.0f} | {ratio:.1f}x |")
+    shapes = c.get("shapes", {})
+    print(f"| {name} | {c.get('backend', '-')} | {one:.0f} | {g16:.0f} | {gain:.2f}x | "
+          f"{p16:.0f} | {ratio:.1f}x | {shapes.get('buckets', '-')} | "
+          f"{shapes.get('unbucketed', '-')} |")
     if name in ("ocr-det", "ocr-rec") or "object" in name or "detect" in name or "nanodet" in name:
         met.append((f"{name}: GPU >= 10x CPU at batch 16", ratio >= 10))
     if c and name != "vad-silero":

@@ -388,9 +388,8 @@ def test_cli_engines_list_json_contract(tmp_path: Path) -> None:
     data = json.loads(r.stdout)
     (entry,) = data["engines"]
     # The original five keys, extended by why the model runs there and its fixed shapes.
-    assert set(entry) == {
-        "model", "backend", "providers", "precision", "cache", "placement", "buckets"
-    }
+    keys = {"model", "backend", "providers", "precision", "cache", "placement", "buckets"}
+    assert set(entry) == keys
     assert entry["model"] == "vad-silero" and isinstance(entry["providers"], list)
     assert entry["placement"].startswith(entry["backend"] + ": ")
     assert entry["buckets"] in (0, 1)  # fixed shapes on the GPU only

@@ -80,6 +80,7 @@ class BenchResult:
     engine_per_s: float
     batched_per_s: dict[str, float]
     mean_batch: dict[str, float]
+    shapes: dict[str, Any] = field(default_factory=dict)  # fixed shapes: calls per bucket...
 
     def as_json(self) -> dict[str, Any]:
         overhead = 1.0 - self.engine_per_s / self.raw_per_s if self.raw_per_s else 0.0
@@ -93,6 +94,7 @@ class BenchResult:
             "overhead_pct": round(100.0 * overhead, 2),
             "gain_16": round(self.batched_per_s.get("16", 0.0) / base, 2),
             "mean_batch": self.mean_batch,
+            "shapes": self.shapes,
         }
 
 
@@ -150,7 +152,14 @@ class EngineBench:
                 mean_batch[str(n)] = batcher.stats.as_json()["mean_batch"]
             finally:
                 batcher.close()
-        return BenchResult(name, engine.backend, raw_rate, engine_rate, batched, mean_batch)
+        shapes: dict[str, Any] = {"buckets": 0}
+        if engine.buckets is not None:
+            shapes = {
+                "buckets": len(engine.buckets.shapes),
+                "batch_sizes": list(engine.batch_sizes),
+                **engine.shape_stats.as_json(),
+            }
+        return BenchResult(name, engine.backend, raw_rate, engine_rate, batched, mean_batch, shapes)
 
     def _bare(self, engine: Engine) -> Callable[[Feeds], Any]:
         """The same model without the wrapper: its onnxruntime session called directly (the

@@ -330,6 +330,7 @@ class EngineFactory:
         drop.close()
         keep.placement = why
         return keep
+
     def _load_on(
         self, backend: str, spec: ModelSpec, threads: int | None, precision: str | None = None
     ) -> Engine:
