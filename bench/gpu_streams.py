@@ -17,9 +17,9 @@ it is faster); Whisper on CTranslate2 on the GPU when it loads there, else the C
 A snippet's latency is from the moment its last sample arrived (its end on the live clock)
 to its record being in memory. A stream is held in real time when its p99 latency stays
 under one snippet (2 s), so work never piles up; one that falls 6 s behind is stopped there
-(lost), so an overloaded N ends soon. The report is written after every N. Reports snippets' latency p50/p99, how many
-streams were held, CPU and GPU use (nvidia-smi, where there is one) and where time went
-(seconds per stage, per snippet and in total; each batcher's mean batch).
+(lost), so an overloaded N ends soon. Reports snippets' latency p50/p99, how many streams
+were held, CPU and GPU use (nvidia-smi, where there is one) and where time went (seconds per
+stage, per snippet and in total; each batcher's mean batch), after every N.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def load_models(device: str, whisper_device: str, threads: int) -> Models:
 
     settings = load_settings(None, device=device, **{"engines.threads": threads})
     factory = EngineFactory(settings.engines, settings.device)
-    vad_engine = factory.engine(_spec(VAD))
+    vad_engine = factory.engine(_spec(VAD), threads=1)  # as the service runs it
     models = Models(
         factory=factory,
         vad_engine=vad_engine,
