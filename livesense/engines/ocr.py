@@ -120,6 +120,10 @@ class OcrReader:
                 rows = group[k : k + step]
                 h = max(preps[i].shape[2] for i in rows)
                 w = max(preps[i].shape[3] for i in rows)
+                buckets = self.det.buckets
+                canvas = None if buckets is None else buckets.fit({self._det_input: (1, 3, h, w)})
+                if buckets is not None and canvas is not None:  # built at its canvas: no re-pad
+                    h, w = buckets.shapes[canvas][self._det_input][2:]
                 batch = np.zeros((len(rows), 3, h, w), np.float32)
                 for r, i in enumerate(rows):
                     batch[r, :, : preps[i].shape[2], : preps[i].shape[3]] = preps[i][0]
