@@ -21,6 +21,8 @@
 # bench-gpu.json (ort-cuda), bench-cpu.json (ort-cpu), streams.json, summary.md. The engine cache and a
 # venv go under GPU_CHECK_WORK (default /tmp/livesense-gpu-check).
 # Exit status: 0 when the tests passed and every step ran, else the first failure's.
+# GPU_CHECK_CONV_SEARCH=EXHAUSTIVE times every convolution algorithm once per bucket at
+# warm-up (slower start, maybe faster batches) for the engine benchmark.
 # To try the script without a GPU (CPU, small N): GPU_CHECK_ALLOW_NO_GPU=1
 #   GPU_CHECK_BACKEND=ort-cpu GPU_CHECK_STREAMS=2 GPU_CHECK_STREAM_SECONDS=6
 #   PYTHON=.venv/bin/python deploy/gpu-check.sh --carried /tmp/gpu-check-out
@@ -132,6 +134,7 @@ engines:
   precision: fp16
   builder_level: 2
   threads: 4
+  cudnn_conv_algo_search: ${GPU_CHECK_CONV_SEARCH:-HEURISTIC}
 EOF
 CPU_SETTINGS="$WORK/cpu.yaml"
 cat >"$CPU_SETTINGS" <<EOF
