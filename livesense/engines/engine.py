@@ -222,6 +222,8 @@ class Engine(ABC):
         self, buckets: Buckets, feeds: dict[str, np.ndarray], outputs: list[str] | None
     ) -> list[Any]:
         batch = _batch_of(feeds, buckets)
+        if batch == 0:  # nothing to pad from
+            return list(self._run(feeds, outputs))
         largest = self.batch_sizes[-1]
         names = outputs or [t.name for t in self.outputs()]
         if batch > largest:  # in chunks of the largest batch size, joined again
