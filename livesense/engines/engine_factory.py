@@ -41,7 +41,14 @@ from livesense.engines.model_spec import (
     profile_key,
     profile_text,
 )
-from livesense.engines.onnx import CPU, CUDA, TENSORRT, OnnxEngine, available_providers
+from livesense.engines.onnx import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    OnnxEngine,
+    available_providers,
+    tensorrt_libraries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,8 @@ def backend_problem(backend: str) -> str | None:
             return f"onnxruntime has no {provider} {INSTALL_GPU}"
     if detect_gpu() is None:
         return "no NVIDIA GPU was found"
+    if backend == "ort-tensorrt" and not tensorrt_libraries():
+        return f"TensorRT's libraries (libnvinfer) are not installed {INSTALL_GPU}"
     return None
 
 
