@@ -51,8 +51,8 @@ sysdeps:
 lint: install
 	$(VENV)/bin/ruff check livesense tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/hadolint deploy/Dockerfile.gpu deploy/Dockerfile.jetson
-	$(VENV)/bin/shellcheck deploy/gpu-check.sh
+	$(VENV)/bin/hadolint deploy/Dockerfile.gpu deploy/Dockerfile.gpu-cu13 deploy/Dockerfile.jetson
+	$(VENV)/bin/shellcheck deploy/gpu-check.sh deploy/gpu-carry.sh
 
 test: install sysdeps lint
 	$(VENV)/bin/pytest -q -ra

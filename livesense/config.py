@@ -185,6 +185,31 @@ class EngineSettings(BaseModel):
     batch_policy: DropPolicy = Field(
         DropPolicy.WAIT, description="A full batch queue: the caller waits, or an item is dropped."
     )
+    fixed_shapes: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Pad every model input to one of the model's buckets (fixed shapes) and "
+        "batch sizes (powers of two): 'auto' does so on GPU backends, where each new shape "
+        "costs an algorithm search; on the CPU inputs keep their own shapes.",
+    )
+    warm_up: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run every bucket at every batch size once when a model loads; 'auto': "
+        "wherever shapes are fixed.",
+    )
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        "HEURISTIC",
+        description="How ONNX Runtime's CUDA provider picks convolution algorithms per shape: "
+        "HEURISTIC (fast to choose), EXHAUSTIVE (tries all, slow on every new shape).",
+    )
+    tf32: bool = Field(
+        True, description="Let the CUDA provider compute fp32 MatMul/Conv in TF32 (off: exact)."
+    )
+    placement: Literal["measure", "first"] = Field(
+        "measure",
+        description="With backend 'auto' and a GPU: time each model on the GPU and the CPU at "
+        "its batch sizes and run it where it is faster ('measure'), or take the first backend "
+        "that loads ('first'; models that declare a place, like the VAD on the CPU, keep it).",
+    )
     record_calibration: bool = Field(
         False, description="Save model inputs seen on real streams for INT8 calibration."
     )

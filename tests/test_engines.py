@@ -387,10 +387,15 @@ def test_cli_engines_list_json_contract(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     (entry,) = data["engines"]
-    assert set(entry) == {"model", "backend", "providers", "precision", "cache"}
+    # The original five keys, extended by why the model runs there and its fixed shapes.
+    keys = {"model", "backend", "providers", "precision", "cache", "placement", "buckets"}
+    assert set(entry) == keys
     assert entry["model"] == "vad-silero" and isinstance(entry["providers"], list)
+    assert entry["placement"].startswith(entry["backend"] + ": ")
+    assert entry["buckets"] in (0, 1)  # fixed shapes on the GPU only
     if NO_GPU_STACK:
         assert (entry["backend"], entry["precision"], entry["cache"]) == ("ort-cpu", "fp32", None)
+        assert entry["placement"] == "ort-cpu: no GPU backend could run it"
 
 
 @needs_cpu_only
@@ -446,7 +451,7 @@ def test_deploy_settings_are_valid_settings_and_compose_has_redis_and_a_gpu() ->
     assert "redis" in app["depends_on"]
     (device,) = app["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    for dockerfile in ("Dockerfile.gpu", "Dockerfile.jetson"):
+    for dockerfile in ("Dockerfile.gpu", "Dockerfile.gpu-cu13", "Dockerfile.jetson"):
         text = (DEPLOY / dockerfile).read_text()
         for copied in ("pyproject.toml", "livesense", "deploy/settings/"):
             assert copied in text  # what the images copy exists in the repository
@@ -463,9 +468,10 @@ def lint_tool(name: str) -> str | None:
 def test_deploy_files_pass_their_linters() -> None:
     import subprocess
 
-    script = DEPLOY / "gpu-check.sh"
-    assert script.stat().st_mode & 0o111, "gpu-check.sh must be executable"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    scripts = [str(DEPLOY / "gpu-check.sh"), str(DEPLOY / "gpu-carry.sh")]
+    for script in scripts:
+        assert Path(script).stat().st_mode & 0o111, f"{script} must be executable"
+        assert subprocess.run(["bash", "-n", script]).returncode == 0
     hadolint, shellcheck = lint_tool("hadolint"), lint_tool("shellcheck")
     if hadolint is None and shellcheck is None:
         pytest.skip(
@@ -473,13 +479,13 @@ def test_deploy_files_pass_their_linters() -> None:
         )
     if hadolint is not None:
         r = subprocess.run(
-            [hadolint, str(DEPLOY / "Dockerfile.gpu"), str(DEPLOY / "Dockerfile.jetson")],
+            [hadolint, *(str(DEPLOY / f"Dockerfile.{k}") for k in ("gpu", "gpu-cu13", "jetson"))],
             capture_output=True,
             text=True,
         )
         assert r.returncode == 0, r.stdout + r.stderr
     if shellcheck is not None:
-        r = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+        r = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
 
 

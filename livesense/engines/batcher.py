@@ -11,7 +11,9 @@ to the model: a tenth of its recent batch time (AUTO_DELAY bounds), so slow CPU 
 their batches and fast GPU engines are not held up. Backpressure: the queue is bounded per
 stream and in total; a full queue makes the caller wait (WAIT) or drops the oldest queued
 request of the busiest stream (DROP_OLDEST) or the new one (DROP_NEWEST), as the pipeline's
-queues do; every drop is counted."""
+queues do; every drop is counted. Buckets: with a `key` (an item's bucket: its padded shape),
+a batch holds items of one key only, the key of the item whose turn it is, so that a batch
+runs at one shape; a stream's items keep their order within each key."""
 
 from __future__ import annotations
 
@@ -50,10 +52,14 @@ class _Request(Generic[I, O]):
     next: int = 0  # first item not yet handed to a batch
     remaining: int = 0  # items without a result yet
     failed: bool = False
+    order: list[int] = field(default_factory=list)  # items in the order they are handed out
+    keys: list[Hashable] = field(default_factory=list)  # each item's bucket (with a key)
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.items)
         self.remaining = len(self.items)
+        if not self.order:
+            self.order = list(range(len(self.items)))
 
 
 @dataclass(slots=True)
@@ -94,12 +100,14 @@ class Batcher(Generic[I, O]):
         stream_queue: int = 64,
         policy: str = DropPolicy.WAIT,
         active_window: float | None = None,
+        key: Callable[[I], Hashable] | None = None,
     ) -> None:
         drop = DropPolicy.named(policy)
         if max_batch < 1 or queue_size < 1 or stream_queue < 1:
             raise ValueError("batch and queue sizes must be >= 1")
         self.name = name
         self.run_batch = run_batch
+        self.key = key
         self.max_batch = max_batch
         self.max_delay = None if max_delay is None else max(0.0, max_delay)
         self._batch_time = 0.0  # moving average of run_batch's seconds
@@ -145,6 +153,15 @@ class Batcher(Generic[I, O]):
             return self._total == 0 and all(k == key for k in self._seen)
 
     def _run_inline(self, items: list[I]) -> list[O]:
+        if self.key is not None:  # one run per bucket, results back in the callers' order
+            out_of: list[Any] = [None] * len(items)
+            for group in groups([self.key(x) for x in items]):
+                for i, r in zip(group, self._run_chunks([items[i] for i in group]), strict=True):
+                    out_of[i] = r
+            return out_of
+        return self._run_chunks(items)
+
+    def _run_chunks(self, items: list[I]) -> list[O]:
         out: list[O] = []
         for i in range(0, len(items), self.max_batch):
             chunk = items[i : i + self.max_batch]
@@ -177,6 +194,9 @@ class Batcher(Generic[I, O]):
         """
         key: Hashable = stream if stream is not None else threading.get_ident()
         request: _Request[I, O] = _Request(list(items), key, time.perf_counter())
+        if self.key is not None and request.items:
+            request.keys = [self.key(x) for x in request.items]
+            request.order = [i for g in groups(request.keys) for i in g]
         if not request.items:
             request.future.set_result([])
             return request.future
@@ -303,6 +323,8 @@ class Batcher(Generic[I, O]):
         return all(k in self._pending for k in self._seen)
 
     def _gather(self) -> list[tuple[_Request[I, O], int]]:
+        if self.key is not None:
+            return self._gather_bucket()
         batch: list[tuple[_Request[I, O], int]] = []
         while len(batch) < self.max_batch and self._ring:
             key = self._ring[0]
@@ -319,6 +341,37 @@ class Batcher(Generic[I, O]):
                 del self._pending[key]
                 if not q:
                     del self._queues[key]
+            else:
+                self._ring.rotate(-1)
+        return batch
+
+    def _gather_bucket(self) -> list[tuple[_Request[I, O], int]]:
+        """Round-robin like `_gather`, over the items of one bucket: the head stream's next."""
+        batch: list[tuple[_Request[I, O], int]] = []
+        head = self._queues[self._ring[0]][0]
+        bucket_key = head.keys[head.order[head.next]]
+        skipped = 0  # streams in a row whose next item is of another bucket
+        while len(batch) < self.max_batch and self._ring and skipped < len(self._ring):
+            stream = self._ring[0]
+            q = self._queues[stream]
+            req = q[0]
+            index = req.order[req.next]
+            if req.keys[index] != bucket_key:
+                self._ring.rotate(-1)
+                skipped += 1
+                continue
+            skipped = 0
+            batch.append((req, index))
+            req.next += 1
+            if req.next == len(req.items):
+                q.popleft()
+            self._pending[stream] -= 1
+            self._total -= 1
+            if self._pending[stream] == 0:
+                self._ring.popleft()
+                del self._pending[stream]
+                if not q:
+                    del self._queues[stream]
             else:
                 self._ring.rotate(-1)
         return batch

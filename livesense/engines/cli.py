@@ -60,9 +60,9 @@ def list_engines(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Load every model the pipeline runs and show the backend chosen for each (the ONNX
-    models through the engines; Whisper, the audio event model and the face cascade through
-    their own runtimes)."""
+    """Load every model the pipeline runs and show the backend chosen for each, and why (the
+    ONNX models through the engines; Whisper, the audio event model and the face cascade
+    through their own runtimes)."""
     from livesense.engines.engine_factory import EngineFactory
     from livesense.engines.model_registry import pipeline_specs
 
@@ -95,12 +95,14 @@ def list_engines(
             failed.append(f"{name}: {e}")
             continue
         if row is not None:
+            row.setdefault("buckets", None)  # these runtimes take any input length
+            row.setdefault("placement", f"{row['providers'][0]}: its own runtime")
             rows.append(row)
     if as_json:
         print(json.dumps({"engines": rows}))
     else:
         table = Table(show_header=True, header_style="bold")
-        for col in ("model", "backend", "providers", "precision", "cache"):
+        for col in ("model", "backend", "providers", "precision", "buckets", "cache", "why"):
             table.add_column(col)
         for r in rows:
             table.add_row(
@@ -108,7 +110,9 @@ def list_engines(
                 r["backend"],
                 escape(", ".join(r["providers"])),
                 r["precision"],
+                str(r["buckets"] or "-"),
                 escape(r["cache"] or "-"),
+                escape(r["placement"].split(": ", 1)[-1]),
             )
         out.print(table)
         notes = sorted({n for r in rows for n in factory.skipped.get(r["model"], [])})

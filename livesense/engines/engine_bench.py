@@ -80,6 +80,7 @@ class BenchResult:
     engine_per_s: float
     batched_per_s: dict[str, float]
     mean_batch: dict[str, float]
+    shapes: dict[str, Any] = field(default_factory=dict)  # fixed shapes: calls per bucket...
 
     def as_json(self) -> dict[str, Any]:
         overhead = 1.0 - self.engine_per_s / self.raw_per_s if self.raw_per_s else 0.0
@@ -93,6 +94,7 @@ class BenchResult:
             "overhead_pct": round(100.0 * overhead, 2),
             "gain_16": round(self.batched_per_s.get("16", 0.0) / base, 2),
             "mean_batch": self.mean_batch,
+            "shapes": self.shapes,
         }
 
 
@@ -143,13 +145,21 @@ class EngineBench:
                 max_delay=None if s.batch_max_delay_ms is None else s.batch_max_delay_ms / 1000.0,
                 queue_size=s.batch_queue,
                 stream_queue=s.batch_stream_queue,
+                key=work.group_key,
             )
             try:
                 batched[str(n)] = self._streams(batcher, work.items, n)
                 mean_batch[str(n)] = batcher.stats.as_json()["mean_batch"]
             finally:
                 batcher.close()
-        return BenchResult(name, engine.backend, raw_rate, engine_rate, batched, mean_batch)
+        shapes: dict[str, Any] = {"buckets": 0}
+        if engine.buckets is not None:
+            shapes = {
+                "buckets": len(engine.buckets.shapes),
+                "batch_sizes": list(engine.batch_sizes),
+                **engine.shape_stats.as_json(),
+            }
+        return BenchResult(name, engine.backend, raw_rate, engine_rate, batched, mean_batch, shapes)
 
     def _bare(self, engine: Engine) -> Callable[[Feeds], Any]:
         """The same model without the wrapper: its onnxruntime session called directly (the
@@ -214,24 +224,44 @@ class EngineBench:
 
 
 def run_collated(engine: Engine, work: Workload, items: list[Feeds]) -> list[list[np.ndarray]]:
-    """Run single-item feeds as batches (one per shape group); split the outputs per item."""
+    """Run single-item feeds as batches (one per shape group); split the outputs per item
+    (views, not copies). Where the engine runs fixed shapes, a batch is built at its bucket's
+    shape directly, so the engine need not pad it again."""
     if len(items) == 1:  # nothing to stack or split
         return [list(engine.run(items[0]))]
     out: list[list[np.ndarray]] = [[] for _ in items]
     keys = [work.group_key(f) if work.group_key else 0 for f in items]
     for group in groups(keys):
-        feeds = collate([items[i] for i in group], work.batch_axis)
-        results = engine.run(feeds)
+        members = [items[i] for i in group]
+        feeds = collate(members, work.batch_axis, bucket_shapes(engine, members[0]))
+        results = [np.asarray(r) for r in engine.run(feeds)]
         for r, i in enumerate(group):
-            out[i] = [
-                np.take(np.asarray(res), [r], axis=work.out_axis.get(j, 0))
-                for j, res in enumerate(results)
-            ]
+            out[i] = [_row(res, work.out_axis.get(j, 0), r) for j, res in enumerate(results)]
     return out
 
 
-def collate(items: list[Feeds], batch_axis: dict[str, int]) -> Feeds:
-    """Stack single-item feeds along their batch axis, zero-padding other axes to the longest."""
+def bucket_shapes(engine: Engine, item: Feeds) -> dict[str, tuple[int, ...]]:
+    """The bucket shape (batch axis 1) of each input of `item`, where the engine has buckets."""
+    buckets = engine.buckets
+    if buckets is None:
+        return {}
+    k = buckets.fit({n: tuple(np.shape(v)) for n, v in item.items()})
+    return {} if k is None else dict(buckets.shapes[k])
+
+
+def _row(value: np.ndarray, axis: int, r: int) -> np.ndarray:
+    index: list[slice] = [slice(None)] * value.ndim
+    index[axis] = slice(r, r + 1)
+    return value[tuple(index)]
+
+
+def collate(
+    items: list[Feeds],
+    batch_axis: dict[str, int],
+    at_least: dict[str, tuple[int, ...]] | None = None,
+) -> Feeds:
+    """Stack single-item feeds along their batch axis, zero-padding other axes to the longest
+    (or to `at_least`'s shape of that input, a bucket's)."""
     feeds: Feeds = {}
     for name, first in items[0].items():
         arrays = [np.asarray(f[name]) for f in items]
@@ -240,11 +270,18 @@ def collate(items: list[Feeds], batch_axis: dict[str, int]) -> Feeds:
             continue
         axis = batch_axis.get(name, 0)
         shape = [max(a.shape[d] for a in arrays) for d in range(first.ndim)]
-        padded = []
+        floor = (at_least or {}).get(name)
+        if floor is not None and len(floor) == len(shape):
+            shape = [max(x, y) for x, y in zip(shape, floor, strict=True)]
+        shape[axis] = sum(a.shape[axis] for a in arrays)
+        batch = np.zeros(shape, first.dtype)
+        at = 0
         for a in arrays:
-            pad = [(0, 0 if d == axis else shape[d] - a.shape[d]) for d in range(a.ndim)]
-            padded.append(np.pad(a, pad) if any(p[1] for p in pad) else a)
-        feeds[name] = np.concatenate(padded, axis=axis)
+            index = [slice(0, d) for d in a.shape]
+            index[axis] = slice(at, at + a.shape[axis])
+            batch[tuple(index)] = a
+            at += a.shape[axis]
+        feeds[name] = batch
     return feeds
 
 

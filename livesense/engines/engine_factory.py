@@ -15,7 +15,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,27 @@ from livesense.engines.engine import (
 )
 from livesense.engines.engine_cache import EngineCache, EngineKey, file_sha256
 from livesense.engines.gpu import detect_gpu, tensorrt_version
-from livesense.engines.model_spec import ModelSpec, Profile, profile_key, profile_text
-from livesense.engines.onnx import CPU, CUDA, TENSORRT, OnnxEngine, available_providers
+from livesense.engines.model_spec import (
+    Buckets,
+    ModelSpec,
+    Profile,
+    batch_sizes,
+    profile_key,
+    profile_text,
+)
+from livesense.engines.onnx import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    OnnxEngine,
+    available_providers,
+    tensorrt_libraries,
+)
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
+INSTALL_GPU = "(pip install 'livesense[gpu]' for CUDA 12, 'livesense[gpu-cu13]' for CUDA 13)"
 GPU_BACKENDS = BACKENDS[:3]
 
 
@@ -51,14 +66,65 @@ def backend_problem(backend: str) -> str | None:
     if backend == "tensorrt":
         for module, package in (("tensorrt", "tensorrt"), ("cuda", "cuda-python")):
             if importlib.util.find_spec(module) is None:
-                return f"the package '{package}' is not installed (pip install 'livesense[gpu]')"
+                return f"the package '{package}' is not installed {INSTALL_GPU}"
     else:
         provider = TENSORRT if backend == "ort-tensorrt" else CUDA
         if provider not in available_providers():
-            return f"onnxruntime has no {provider} (pip install 'livesense[gpu]')"
+            return f"onnxruntime has no {provider} {INSTALL_GPU}"
     if detect_gpu() is None:
         return "no NVIDIA GPU was found"
+    if backend == "ort-tensorrt" and not tensorrt_libraries():
+        return f"TensorRT's libraries (libnvinfer) are not installed {INSTALL_GPU}"
     return None
+
+
+def per_item_seconds(engine: Engine, buckets: Buckets, batch: int, runs: int = 3) -> float:
+    """Seconds per item of `engine` at its most common bucket and this batch size (zeros in,
+    one untimed run first, the best of `runs`)."""
+    import numpy as np
+
+    kinds = {t.name: t.dtype for t in engine.inputs()}
+    feeds: dict[str, Any] = {}
+    for name in buckets.inputs:
+        if name in kinds:
+            dtype = np.int64 if "int64" in kinds[name] else np.float32
+            feeds[name] = np.zeros(buckets.shape_at(buckets.opt, name, batch), dtype)
+    for name, value in buckets.constants.items():
+        feeds[name] = np.array(value, np.int64 if "int64" in kinds.get(name, "") else np.float32)
+
+    def once() -> None:
+        if engine.buckets is None:
+            engine._run(feeds, None)
+        else:
+            engine._run_fixed(engine.buckets, feeds, None)
+
+    once()
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t0)
+    return best / batch
+
+
+def choose_placement(times: dict[str, list[float]], sizes: list[int]) -> tuple[str, str]:
+    """The faster backend from seconds per item at each batch size, and why, in one line.
+
+    Faster at every size wins; where they split, the largest batch decides (a busy service
+    runs full batches, and a quiet one has time to spare).
+    """
+    (a, ta), (b, tb) = times.items()
+    if all(x <= y for x, y in zip(ta, tb, strict=True)):
+        winner = a
+    elif all(y <= x for x, y in zip(ta, tb, strict=True)):
+        winner = b
+    else:
+        winner = a if ta[-1] <= tb[-1] else b
+
+    def ms(ts: list[float]) -> str:
+        return ", ".join(f"{1000 * t:.3g} ms at {n}" for t, n in zip(ts, sizes, strict=True))
+
+    return winner, f"{winner}: measured per item {a} {ms(ta)}; {b} {ms(tb)}"
 
 
 def candidates(requested: str, device: str) -> list[str]:
@@ -132,9 +198,53 @@ class EngineFactory:
         threads: int | None = None,
         precision: str | None = None,
     ) -> Engine:
-        """A new engine for `spec` on the first backend that works (or the one forced)."""
+        """A new engine for `spec` on the first backend that works (or the one forced).
+
+        With backend 'auto', device 'auto' and a GPU backend that works, the model is timed
+        there and on the CPU and placed where it is faster (`engines.placement`); the
+        engine's `placement` says why it runs where it does. Buckets and warm-up follow.
+        """
         s = self.settings
-        requested = backend or s.backends.get(spec.name) or s.backend
+        forced = backend or s.backends.get(spec.name)
+        requested = forced or s.backend
+        engine, tried, broke = self._first_that_loads(spec, requested, threads, precision)
+        self.skipped[spec.name] = tried
+        self._fix_shapes(spec, engine)
+        if backend is not None:
+            engine.placement = f"{engine.backend}: asked for"
+        elif s.backends.get(spec.name):
+            engine.placement = f"{engine.backend}: set in engines.backends"
+        elif requested != "auto":
+            engine.placement = f"{engine.backend}: set in engines.backend"
+        elif engine.backend == "ort-cpu":
+            engine.placement = "ort-cpu: " + (
+                "device is cpu" if self.device == "cpu" else "no GPU backend could run it"
+            )
+        elif self.device == "cuda":
+            engine.placement = f"{engine.backend}: device is cuda"
+        else:
+            engine = self._place(spec, engine, threads)
+        # Falling back from a GPU backend that is installed deserves a warning.
+        level = logging.WARNING if tried and broke else logging.INFO
+        log.log(
+            level,
+            "engine %s: %s %s (%s); %s%s",
+            spec.name,
+            engine.backend,
+            engine.precision,
+            ", ".join(engine.providers),
+            engine.placement,
+            f" [skipped {'; '.join(tried)}]" if tried else "",
+        )
+        if s.record_calibration:
+            engine.recorder = CalibrationRecorder(
+                self.cache.calibration_dir(spec.name), s.calibration_samples
+            )
+        return engine
+
+    def _first_that_loads(
+        self, spec: ModelSpec, requested: str, threads: int | None, precision: str | None
+    ) -> tuple[Engine, list[str], bool]:
         tried: list[str] = []
         broke = False  # a backend that is there failed on this model (not merely absent)
         order = candidates(requested, self.device)
@@ -142,7 +252,7 @@ class EngineFactory:
             problem = backend_problem(name)
             if problem is None:
                 try:
-                    engine = self._load_on(name, spec, threads, precision)
+                    return self._load_on(name, spec, threads, precision), tried, broke
                 except EngineMissingError:
                     raise
                 except EngineError as e:
@@ -151,24 +261,6 @@ class EngineFactory:
                     text = str(e).strip()
                     problem = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
                     broke = True
-            if problem is None:
-                self.skipped[spec.name] = tried
-                # Falling back from a GPU backend that is installed deserves a warning.
-                level = logging.WARNING if tried and broke else logging.INFO
-                log.log(
-                    level,
-                    "engine %s: %s %s (%s)%s",
-                    spec.name,
-                    engine.backend,
-                    engine.precision,
-                    ", ".join(engine.providers),
-                    f" [skipped {'; '.join(tried)}]" if tried else "",
-                )
-                if s.record_calibration:
-                    engine.recorder = CalibrationRecorder(
-                        self.cache.calibration_dir(spec.name), s.calibration_samples
-                    )
-                return engine
             tried.append(f"{name}: {problem}")
             log.info("engine %s: %s not used: %s", spec.name, name, problem)
         self.skipped[spec.name] = tried
@@ -180,6 +272,74 @@ class EngineFactory:
             f"({'; '.join(tried)})."
         )
 
+    def max_batch_of(self, name: str) -> int:
+        """The largest batch of a model: engines.batch_max_size, or its engines.batch_sizes."""
+        s = self.settings
+        return max(1, min(s.batch_max_size, s.batch_sizes.get(name, 1 << 30)))
+
+    def _fix_shapes(self, spec: ModelSpec, engine: Engine) -> None:
+        """Give the engine its buckets (fixed shapes) and warm it, as the settings say."""
+        s = self.settings
+        on_gpu = engine.backend != "ort-cpu"
+        if s.fixed_shapes == "off" or (s.fixed_shapes == "auto" and not on_gpu):
+            return
+        buckets = spec.buckets_for(engine.inputs())
+        if buckets is None:
+            return
+        largest = self.max_batch_of(spec.name)
+        for bound in (engine.max_batch, buckets.max_batch):  # a TensorRT profile's, the file's
+            if bound is not None:
+                largest = min(largest, bound)
+        engine.set_buckets(buckets, batch_sizes(largest))
+        if s.warm_up == "on" or (s.warm_up == "auto" and on_gpu):
+            runs = engine.warm()
+            log.info(
+                "engine %s: warmed %d shapes in %.2f s",
+                spec.name,
+                runs,
+                engine.shape_stats.warm_seconds,
+            )
+
+    def _place(self, spec: ModelSpec, gpu: Engine, threads: int | None) -> Engine:
+        """`gpu` or the same model on the CPU, whichever the settings and the times prefer."""
+        s = self.settings
+        if s.placement == "first":
+            if spec.placement == "ort-cpu":
+                cpu = self._load_on("ort-cpu", spec, threads)
+                self._fix_shapes(spec, cpu)
+                gpu.close()
+                cpu.placement = "ort-cpu: the model's place (engines.placement: first)"
+                return cpu
+            gpu.placement = f"{gpu.backend}: first that loaded (engines.placement: first)"
+            return gpu
+        buckets = spec.buckets_for(gpu.inputs())
+        if buckets is None:
+            gpu.placement = f"{gpu.backend}: not timed (the model has no fixed shapes)"
+            return gpu
+        try:
+            cpu = self._load_on("ort-cpu", spec, threads)
+        except Exception as e:  # the CPU build cannot run it: stay on the GPU
+            gpu.placement = f"{gpu.backend}: the CPU could not load it ({e})"
+            return gpu
+        self._fix_shapes(spec, cpu)
+        sizes = sorted({1, self.max_batch_of(spec.name)})
+        if gpu.buckets is not None:  # measure within what the GPU engine takes
+            sizes = sorted({1, gpu.batch_sizes[-1]})
+        try:
+            times = {
+                e.backend: [per_item_seconds(e, buckets, b) for b in sizes] for e in (gpu, cpu)
+            }
+        except Exception as e:  # a runtime's error while timing: keep the GPU, say why
+            cpu.close()
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            gpu.placement = f"{gpu.backend}: not timed ({text})"
+            return gpu
+        winner, why = choose_placement(times, sizes)
+        keep, drop = (cpu, gpu) if winner == "ort-cpu" else (gpu, cpu)
+        drop.close()
+        keep.placement = why
+        return keep
+
     def _load_on(
         self, backend: str, spec: ModelSpec, threads: int | None, precision: str | None = None
     ) -> Engine:
@@ -187,11 +347,20 @@ class EngineFactory:
         if backend == "ort-cpu":
             return OnnxEngine(spec.path, spec.name, t, [CPU], require=CPU, backend=backend)
         if backend == "ort-cuda":
-            providers: list[Any] = [(CUDA, {"device_id": 0}), CPU]
+            providers: list[Any] = [(CUDA, self.cuda_options()), CPU]
             return OnnxEngine(spec.path, spec.name, t, providers, require=CUDA, backend=backend)
         if backend == "ort-tensorrt":
             return self._load_ort_trt(spec, t, precision=precision)
         return self._load_trt(spec, precision)
+
+    def cuda_options(self) -> dict[str, Any]:
+        """ONNX Runtime CUDA provider options from the settings."""
+        s = self.settings
+        return {
+            "device_id": 0,
+            "cudnn_conv_algo_search": s.cudnn_conv_algo_search,
+            "use_tf32": int(s.tf32),
+        }
 
     # -- TensorRT ---------------------------------------------------------------------------
 
@@ -327,7 +496,7 @@ class EngineFactory:
                 trt_int8_calibration_table_name="calibration.cache",
                 trt_int8_use_native_calibration_table=True,
             )
-        providers: list[Any] = [(TENSORRT, options), (CUDA, {"device_id": 0}), CPU]
+        providers: list[Any] = [(TENSORRT, options), (CUDA, self.cuda_options()), CPU]
         return OnnxEngine(
             spec.path,
             spec.name,
@@ -395,6 +564,7 @@ class EngineFactory:
         name: str,
         run_batch: Callable[[list[Any]], Sequence[Any]],
         max_batch: int | None = None,
+        key: Callable[[Any], Hashable] | None = None,
     ) -> Batcher[Any, Any] | None:
         """The shared batcher of a model (None when engines.batch is off)."""
         s = self.settings
@@ -415,6 +585,7 @@ class EngineFactory:
                     queue_size=s.batch_queue,
                     stream_queue=s.batch_stream_queue,
                     policy=s.batch_policy,
+                    key=key,
                 )
                 self._batchers[name] = b
             return b

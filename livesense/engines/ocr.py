@@ -22,13 +22,20 @@ import numpy as np
 from livesense.engines.batcher import Batcher, bucket, groups
 from livesense.engines.engine import Engine
 from livesense.engines.engine_factory import EngineFactory, shared_factory
-from livesense.engines.model_spec import OCR_REC, OCR_REC_HEIGHT, ocr_det_spec, ocr_rec_spec
+from livesense.engines.model_spec import (
+    OCR_DET,
+    OCR_REC,
+    OCR_REC_HEIGHT,
+    OCR_REC_WIDTHS,
+    ocr_det_spec,
+    ocr_rec_spec,
+)
 from livesense.errors import ModelMissingError
 from livesense.records import OcrLine
 
 MIN_SCORE = 0.5
 """Recognitions below this confidence are mostly noise (textures, logos) and are dropped."""
-REC_WIDTHS = (320, 480, 640, 800, 960, 1280, 1600, 2048)
+REC_WIDTHS = OCR_REC_WIDTHS
 """Width buckets (px at height 48) of the recogniser's input; wider lines are squeezed."""
 MIN_HEIGHT = 30  # frames this short (or wider than WIDE x their height) are letterboxed
 WIDE = 8
@@ -86,11 +93,44 @@ class OcrReader:
             use_dilation=True,
         )
         self.batcher: Batcher[np.ndarray, tuple[str, float]] | None = (
-            factory.batcher(OCR_REC, self.recognise_now) if batch else None
+            factory.batcher(OCR_REC, self.recognise_now, key=rec_width) if batch else None
+        )
+        self.det_batcher: Batcher[np.ndarray, np.ndarray] | None = (
+            factory.batcher(OCR_DET, self.detect_maps, key=self._det_key) if batch else None
         )
         self._lock = threading.Lock()
         self.calls = 0
         self.seconds = 0.0
+
+    def _det_key(self, prep: np.ndarray) -> Hashable:
+        """A prepared frame's canvas (the detector's bucket), or its own shape."""
+        buckets = self.det.buckets
+        if buckets is None:
+            return prep.shape
+        k = buckets.fit({self._det_input: prep.shape})
+        return prep.shape if k is None else k
+
+    def detect_maps(self, preps: list[np.ndarray]) -> list[np.ndarray]:
+        """Probability maps (H, W) of prepared frames (1, 3, H, W): one run per canvas, each
+        map cropped back to its own frame (the batcher's function)."""
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(preps)
+        step = self.det.max_batch or len(preps)
+        for group in groups([self._det_key(p) for p in preps]):
+            for k in range(0, len(group), step):
+                rows = group[k : k + step]
+                h = max(preps[i].shape[2] for i in rows)
+                w = max(preps[i].shape[3] for i in rows)
+                buckets = self.det.buckets
+                canvas = None if buckets is None else buckets.fit({self._det_input: (1, 3, h, w)})
+                if buckets is not None and canvas is not None:  # built at its canvas: no re-pad
+                    h, w = buckets.shapes[canvas][self._det_input][2:]
+                batch = np.zeros((len(rows), 3, h, w), np.float32)
+                for r, i in enumerate(rows):
+                    batch[r, :, : preps[i].shape[2], : preps[i].shape[3]] = preps[i][0]
+                pred = np.asarray(self.det.run({self._det_input: batch})[0])
+                for r, i in enumerate(rows):
+                    out[i] = pred[r, 0, : preps[i].shape[2], : preps[i].shape[3]]
+        return out
 
     def read(
         self, image_rgb: np.ndarray, t: float, stream: Hashable | None = None
@@ -105,7 +145,7 @@ class OcrReader:
             image = cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
         bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
         t0 = time.perf_counter()
-        boxes = self.detect(bgr)
+        boxes = self.detect(bgr, stream)
         texts = self.recognise([crop(bgr, b) for b in boxes], stream) if boxes else []
         with self._lock:
             self.calls += 1
@@ -130,8 +170,9 @@ class OcrReader:
 
     # -- detection --------------------------------------------------------------------------
 
-    def detect(self, bgr: np.ndarray) -> list[np.ndarray]:
-        """Text boxes (4x2 float32, clockwise from top-left) in pixels of `bgr`, reading order."""
+    def detect(self, bgr: np.ndarray, stream: Hashable | None = None) -> list[np.ndarray]:
+        """Text boxes (4x2 float32, clockwise from top-left) in pixels of `bgr`, reading order;
+        through the detector's batcher (frames of all streams per canvas) when there is one."""
         h, w = bgr.shape[:2]
         image, up = bgr, 1.0
         if min(h, w) < MIN_HEIGHT:  # too small for the detector: enlarge (boxes scaled back)
@@ -145,8 +186,11 @@ class OcrReader:
         prep = self._pre(image)
         if prep is None:
             return []
-        pred = self.det.run({self._det_input: prep})[0]
-        raw, _ = self._post(np.asarray(pred), image.shape[:2])
+        if self.det_batcher is not None:
+            pred = self.det_batcher([prep], stream)[0]
+        else:
+            pred = self.detect_maps([prep])[0]
+        raw, _ = self._post(pred[None, None], image.shape[:2])
         boxes = []
         for box in raw:
             b = _clockwise(np.asarray(box, np.float32))
@@ -176,11 +220,7 @@ class OcrReader:
 
     def recognise_now(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         """Recognise on the calling thread: one run per width bucket (the batcher's function)."""
-        widths = [
-            bucket(math.ceil(OCR_REC_HEIGHT * c.shape[1] / max(1, c.shape[0])), REC_WIDTHS)
-            for c in crops
-        ]
-        widths = [min(x, REC_WIDTHS[-1]) for x in widths]
+        widths = [rec_width(c) for c in crops]
         out: list[tuple[str, float]] = [("", 0.0)] * len(crops)
         step = self.rec.max_batch or len(crops)
         for group in groups(widths):
@@ -192,6 +232,12 @@ class OcrReader:
                 for i, res in zip(rows, self._decode(np.asarray(preds)), strict=True):
                     out[i] = (str(res[0]), float(res[1]))
         return out
+
+
+def rec_width(crop_bgr: np.ndarray) -> int:
+    """The width bucket of a line image at the recogniser's height (wider lines squeezed)."""
+    w = math.ceil(OCR_REC_HEIGHT * crop_bgr.shape[1] / max(1, crop_bgr.shape[0]))
+    return min(bucket(w, REC_WIDTHS), REC_WIDTHS[-1])
 
 
 def rec_input(crop_bgr: np.ndarray, width: int) -> np.ndarray:
@@ -249,4 +295,6 @@ def ocr_stats(reader: OcrReader) -> dict[str, Any]:
     out: dict[str, Any] = {"calls": reader.calls, "seconds": round(reader.seconds, 4)}
     if reader.batcher is not None:
         out["rec_batcher"] = reader.batcher.stats.as_json()
+    if reader.det_batcher is not None:
+        out["det_batcher"] = reader.det_batcher.stats.as_json()
     return out

@@ -40,6 +40,24 @@ def available_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
+@functools.lru_cache(maxsize=1)
+def tensorrt_libraries() -> bool:
+    """Whether TensorRT's runtime library can be loaded (ORT's TensorRT provider needs it;
+    onnxruntime-gpu lists the provider whether or not TensorRT is installed)."""
+    import ctypes
+    import importlib.util
+
+    _preload_gpu_libraries()
+    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    spec = importlib.util.find_spec("tensorrt_libs")
+    return spec is not None and bool(spec.submodule_search_locations)
+
+
 class OnnxEngine(Engine):
     """One ONNX model on onnxruntime. Thread-safe: ORT sessions allow concurrent run().
 

@@ -17,13 +17,14 @@ import numpy as np
 from livesense.engines.batcher import Batcher, bucket, groups
 from livesense.engines.engine import Engine
 from livesense.engines.engine_factory import EngineFactory, shared_factory
-from livesense.engines.model_spec import text_spec
+from livesense.engines.model_spec import TEXT_LENGTHS, text_spec
 from livesense.engines.models import minilm_tokenizer
 
 DIM = 384
 MAX_TOKENS = 128
-BUCKETS = (8, 16, 32, 64, 128)
-"""Token-length buckets: a batch is split so that each group pads to its own bucket's longest."""
+BUCKETS = TEXT_LENGTHS
+"""Token-length buckets: a batch is split so that each group pads to its own bucket's longest
+(to the bucket's length itself where the engine runs fixed shapes)."""
 QUERY_CACHE = 256
 """Query vectors kept by exact text (the most recently used): a repeated search, an ask after
 a search, or a client polling the same question skips the model (about 7 ms here)."""
@@ -54,12 +55,22 @@ class TextEmbedder:
         self.tokenizer.enable_truncation(max_length=max_tokens)
         self.tokenizer.no_padding()
         self._input_names = {i.name for i in self.engine.inputs()}
+        self._lengths = tuple(n for n in BUCKETS if n < max_tokens) + (max_tokens,)
         self.batcher: Batcher[str, np.ndarray] | None = None
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries_lock = threading.Lock()
         if batch:
             name = f"{self.engine.name}/{max_tokens}"
-            self.batcher = factory.batcher(name, self.embed_rows) if engine is None else None
+            self.batcher = (
+                factory.batcher(name, self.embed_rows, key=self.bucket_of)
+                if engine is None
+                else None
+            )
+
+    def bucket_of(self, text: str) -> int:
+        """The token-length bucket of a text (the batcher's key)."""
+        n = max(1, len(self.tokenizer.encode(text or " ").ids))
+        return bucket(n, self._lengths)
 
     def embed(self, texts: Sequence[str], stream: Hashable | None = None) -> np.ndarray:
         """Vectors of `texts`; `stream` names the caller for fair batching (default: thread)."""
@@ -99,10 +110,13 @@ class TextEmbedder:
         lengths = [max(1, len(e.ids)) for e in encs]
         out = np.empty((len(texts), DIM), np.float32)
         step = self.engine.max_batch or len(texts)
-        for group in groups([bucket(n, BUCKETS) for n in lengths]):
+        edges = [bucket(n, self._lengths) for n in lengths]
+        for group in groups(edges):
             for k in range(0, len(group), step):
                 rows = group[k : k + step]
                 width = max(lengths[i] for i in rows)
+                if self.engine.fixed_shapes:
+                    width = max(width, edges[rows[0]])
                 ids = np.zeros((len(rows), width), np.int64)
                 mask = np.zeros((len(rows), width), np.int64)
                 for r, i in enumerate(rows):

@@ -52,6 +52,8 @@ class Transcriber:
         from faster_whisper import WhisperModel
 
         compute = "int8" if self.device == "cpu" else "int8_float16"
+        if self.device == "cuda":
+            preload_cublas12()
         try:
             self.model = WhisperModel(
                 str(self.path),
@@ -103,6 +105,53 @@ class Transcriber:
                 self._frames = None
         self.timing.add(int(round(audio.size / AUDIO_RATE)), time.perf_counter() - t0)
         return words
+
+    def transcribe_batch(self, clips: list[np.ndarray], window: float) -> list[str]:
+        """Text of several short clips (16 kHz mono) in one encoder and one decoder call:
+        what the streams' batcher runs, so that one model serves many streams.
+
+        Every clip is cut or padded to `window` seconds (the batch's fixed encoder shape);
+        greedy, without timestamps or fallback, so the batch costs one pass. English-only
+        models are told so; multilingual ones are told the settings' language, else English.
+        """
+        if not clips:
+            return []
+        from faster_whisper.tokenizer import Tokenizer
+
+        frames = min(N_FRAMES, int(round(window * FRAMES_PER_SECOND)))
+        samples = frames * AUDIO_RATE // FRAMES_PER_SECOND
+        extract = self.model.feature_extractor
+        feats = np.zeros((len(clips), extract.mel_filters.shape[0], frames), np.float32)
+        for i, clip in enumerate(clips):
+            audio = np.zeros(samples, np.float32)
+            clip = np.asarray(clip, np.float32).reshape(-1)[:samples]
+            audio[: clip.size] = clip
+            mel = extract(audio, padding=0)
+            feats[i, :, : min(frames, mel.shape[-1])] = mel[:, :frames]
+        t0 = time.perf_counter()
+        tokenizer = Tokenizer(
+            self.model.hf_tokenizer,
+            self.model.model.is_multilingual,
+            task="transcribe",
+            language=self.language or "en",
+        )
+        prompt = self.model.get_prompt(tokenizer, [], without_timestamps=True)
+        with self._lock:
+            encoded = self._encode_30s(feats)
+            results = self.model.model.generate(
+                encoded,
+                [list(prompt) for _ in clips],
+                beam_size=1,
+                max_length=min(self.model.max_length, len(prompt) + 4 * int(window) * 10),
+                suppress_blank=True,
+                suppress_tokens=[-1],
+            )
+        texts = []
+        for r in results:
+            ids = [t for t in r.sequences_ids[0] if t < tokenizer.eot]
+            texts.append(tokenizer.decode(ids).strip())
+        self.timing.add(int(round(len(clips) * window)), time.perf_counter() - t0)
+        return texts
 
     def _decode(self, audio: np.ndarray, offset: float, temperature: list[float]) -> list[Word]:
         segments, _ = self.model.transcribe(
@@ -156,6 +205,28 @@ def resolve_model(model: str, cache_dir: Path = CACHE_DIR) -> Path:
             f"The directory {path} holds no CTranslate2 Whisper model (model.bin is missing)."
         )
     return path
+
+
+def preload_cublas12() -> str | None:
+    """Load CUDA 12's cuBLAS from the nvidia-cublas-cu12 package, if it is installed.
+
+    CTranslate2's CUDA build opens libcublas.so.12 by name; on a CUDA 13 machine that library
+    comes only from the pip package (the gpu-cu13 extra), which the loader does not search.
+    Loaded here first, the name resolves to it. Returns the folder used, or None.
+    """
+    import ctypes
+    import sys
+
+    for entry in sys.path:
+        folder = Path(entry or ".") / "nvidia" / "cublas" / "lib"
+        if (folder / "libcublas.so.12").is_file():
+            try:
+                for name in ("libcublasLt.so.12", "libcublas.so.12"):
+                    ctypes.CDLL(str(folder / name), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return None
+            return str(folder)
+    return None
 
 
 def assemble_base(cache_dir: Path = CACHE_DIR) -> Path:
