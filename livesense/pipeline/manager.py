@@ -8,7 +8,7 @@ import logging
 import re
 import unicodedata
 from pathlib import Path
-from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
+from urllib.parse import unquote, urlparse
 
 from livesense.config import Settings
 from livesense.errors import LivesenseError, NotFoundError, QueryError
@@ -17,6 +17,7 @@ from livesense.memory.store_base import Store
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
 from livesense.stream.source import Source
+from livesense.urls import shown_url
 
 __all__ = ["StreamManager", "TooManyStreams", "check_stream_id", "stream_id_for"]
 
@@ -54,15 +55,6 @@ def stream_id_for(url: str) -> str:
         digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         name = f"stream-{digest}" if raw != "stream" else "stream"
     return name[:64]
-
-
-def shown_source(url: str) -> str:
-    """A source URL as it may be logged: without a password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _log_end(stream: str, pipeline: StreamPipeline, task: asyncio.Task[StreamStatus]) -> None:
@@ -128,7 +120,7 @@ class StreamManager:
         self.pipelines[stream] = pipeline
         task = asyncio.create_task(pipeline.run(), name=f"stream-{stream}")
         self.tasks[stream] = task
-        log.info("stream %s started from %s", stream, shown_source(url))
+        log.info("stream %s started from %s", stream, shown_url(url))
         task.add_done_callback(lambda t: _log_end(stream, pipeline, t))
         return pipeline
 
