@@ -13,13 +13,74 @@ from livesense.memory.search import check_stream as check_stream_id
 from livesense.memory.store_base import Store
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
-from livesense.stream.source import MediaSource
+from livesense.stream.source import MediaSource, check_source_url
 
-__all__ = ["StreamManager", "TooManyStreams", "check_stream_id", "stream_id_for"]
+__all__ = [
+    "StreamExistsError",
+    "StreamManager",
+    "TooManyStreams",
+    "check_stream_id",
+    "plan_start",
+    "stream_id_for",
+]
 
 
 class TooManyStreams(LivesenseError):
     status = 503
+
+
+class StreamExistsError(LivesenseError):
+    """A recorded source was given a stream id that already holds moments, without append."""
+
+    status = 409
+
+
+def reuse_refusal(stream: str, end: float, *, via: str = "any") -> StreamExistsError:
+    """The sentence that refuses a second recording for `stream` and says what to do instead
+    (via: "cli", "api" or "any")."""
+    how = {
+        "cli": (
+            "add --append to continue it after them, give this source its own id with "
+            f"--stream NAME, or delete it first with `livesense streams delete {stream}`"
+        ),
+        "api": (
+            'send "append": true to continue it after them, give this source another '
+            f'"stream" id, or delete it first (DELETE /v1/streams/{stream}?data=true)'
+        ),
+        "any": (
+            "append this source after them (--append, or \"append\": true in the API), give "
+            "it another stream id, or delete the stream first"
+        ),
+    }[via]
+    return StreamExistsError(
+        f"Stream {stream} already holds moments up to {end:.1f} s from another source: {how}."
+    )
+
+
+def stored_end(store: Store, stream: str, before: int | None = None) -> float:
+    """Where the stream's stored moments end (stream seconds); with `before`: where the moment
+    covering snippet before-1 ends."""
+    if before is not None:
+        rec = store.get(stream, before - 1) if before > 0 else None
+        return 0.0 if rec is None else float(rec.end)
+    summary = store.summary(stream)
+    return 0.0 if summary is None else float(summary.end)
+
+
+def plan_start(store: Store, stream: str, url: str, *, append: bool, via: str) -> int | None:
+    """The snippet index a new source of `stream` starts at, decided before it is opened:
+    0 for a new stream, after what is stored with `append`; None where the source decides
+    once open (a live source continues after what is stored, a recording is refused).
+    A local file for a stream that holds moments is refused here, without `append`."""
+    stored = store.next_index(stream)
+    if stored == 0:
+        return 0
+    if append:
+        return stored
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if scheme == "file":
+        raise reuse_refusal(stream, stored_end(store, stream), via=via)
+    return None
 
 
 def stream_id_for(url: str) -> str:
@@ -47,6 +108,8 @@ class StreamManager:
         self.max_streams = max_streams
         self.pipelines: dict[str, StreamPipeline] = {}
         self.tasks: dict[str, asyncio.Task[StreamStatus]] = {}
+        # the entry a running start replaced: put back if that start is refused
+        self._replaced: dict[str, tuple[StreamPipeline, asyncio.Task[StreamStatus]]] = {}
 
     def running(self) -> list[str]:
         return [sid for sid, task in self.tasks.items() if not task.done()]
@@ -58,8 +121,13 @@ class StreamManager:
         *,
         realtime: bool = False,
         source: MediaSource | None = None,
+        append: bool = False,
+        base: int | None = None,
     ) -> StreamPipeline:
-        """Start ingesting `url` (or an already open `source`) as `stream`."""
+        """Start ingesting `url` (or an already open `source`) as `stream` (append, base: see
+        StreamPipeline)."""
+        if source is None:
+            check_source_url(url)
         stream = check_stream_id(stream or stream_id_for(url))
         if stream in self.running():
             raise QueryError(f"Stream {stream} is already being ingested; stop it first.")
@@ -75,7 +143,11 @@ class StreamManager:
             self.perception,
             realtime=realtime,
             source=source,
+            append=append,
+            base=base,
         )
+        if stream in self.pipelines:
+            self._replaced[stream] = (self.pipelines[stream], self.tasks[stream])
         self.pipelines[stream] = pipeline
         self.tasks[stream] = asyncio.create_task(pipeline.run(), name=f"stream-{stream}")
         return pipeline
@@ -91,6 +163,26 @@ class StreamManager:
         except TimeoutError:
             task.cancel()
             return pipeline.status
+
+    def forget(self, stream: str) -> None:
+        """Drop the entry of a stream that has ended, so that the list shows it no more."""
+        task = self.tasks.get(stream)
+        if task is not None and not task.done():
+            return
+        self.pipelines.pop(stream, None)
+        self.tasks.pop(stream, None)
+        self._replaced.pop(stream, None)
+
+    def withdraw(self, pipeline: StreamPipeline) -> None:
+        """Undo a start that was refused once its source was opened: the entry goes, and the
+        one it replaced (an earlier run of that stream id) comes back."""
+        stream = pipeline.stream
+        if self.pipelines.get(stream) is not pipeline:
+            return
+        replaced = self._replaced.pop(stream, None)
+        self.forget(stream)
+        if replaced is not None:
+            self.pipelines[stream], self.tasks[stream] = replaced
 
     def statuses(self) -> list[StreamStatus]:
         return [p.status for p in self.pipelines.values()]

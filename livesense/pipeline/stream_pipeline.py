@@ -103,7 +103,13 @@ class StreamPipeline:
         realtime: bool = False,
         on_record: Callable[[StreamStatus], None] | None = None,
         source: MediaSource | None = None,
+        append: bool = False,
+        base: int | None = None,
     ) -> None:
+        """A live source continues after what the stream has stored. A recording (a file)
+        starts at snippet `base` when given (what is stored from there on is skipped: a
+        stream taken over from a worker that died); else at 0 for a new stream, after what is
+        stored with `append` (a gap marker between), and is refused without it."""
         self.stream = stream
         self.url = url
         self.settings = settings
@@ -113,6 +119,9 @@ class StreamPipeline:
         self.status = StreamStatus(stream=stream, url=url)
         self.on_record = on_record
         self.source: MediaSource | None = source  # given: already open (e.g. a WebRTC track)
+        self.append = append
+        self.base = base
+        self.failure: LivesenseError | None = None  # why the stream ended in error
         self._pools = {
             name: ThreadPoolExecutor(1, thread_name_prefix=f"ls-{name}-{stream}")
             for name in ("vision", "audio", "store")
@@ -131,8 +140,11 @@ class StreamPipeline:
         try:
             await self._run()
             if self.status.state in ("starting", "running"):
-                self.status.state = "stopped" if self._stopping else "done"
+                # a source that failed, or moments that could not be stored: never "done"
+                failed = self.status.error is not None
+                self.status.state = "error" if failed else "stopped" if self._stopping else "done"
         except LivesenseError as e:
+            self.failure = e
             self.status.state = "error"
             self.status.error = str(e)
         except asyncio.CancelledError:
@@ -183,6 +195,8 @@ class StreamPipeline:
                 first.close()
             self.source = first
         source = self.source
+        if not source.live:
+            self.base = await self._recording_base(source)
         self.status.live = source.live
         self.status.duration = getattr(source, "duration", None)
         self.status.state = "running"
@@ -196,6 +210,26 @@ class StreamPipeline:
             # A paced file holds speech back no longer than a live source does.
             tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
 
+    async def _recording_base(self, source: MediaSource) -> int:
+        """Where a recording starts on the stream's clock (see __init__); a recording put
+        after stored moments gets a gap marker from their end to its start."""
+        from livesense.pipeline.manager import reuse_refusal, stored_end
+
+        stored = await asyncio.to_thread(self.store.next_index, self.stream)
+        base = self.base
+        if base is None:
+            if stored and not self.append:
+                end = await asyncio.to_thread(stored_end, self.store, self.stream)
+                raise reuse_refusal(self.stream, end)
+            base = stored
+        if base > 0:
+            seconds = self.settings.snippet.seconds
+            end = await asyncio.to_thread(stored_end, self.store, self.stream, base)
+            at = base * seconds
+            shown = getattr(source, "shown", None) or self.url
+            await self._mark_gap(Gap(min(end, at) if end else at, at, f"{shown} appended here"))
+        return base
+
     async def _produce(self, source: MediaSource, out: BoundedQueue[Any]) -> None:
         snippeter = Snippeter(
             self.stream,
@@ -207,8 +241,12 @@ class StreamPipeline:
         reason: str | None = None
         # A restarted live stream whose clock starts again at 0 continues after what is
         # stored; a source that keeps its own timeline (a WebRTC reconnect) is left as it is,
-        # and a file restarts at 0 (the snippets already stored are skipped by the store).
-        stored = await asyncio.to_thread(self.store.next_index, self.stream) if source.live else 0
+        # and a recording starts at its base (the snippets already stored are skipped by the
+        # store: a stream taken over from a worker that died).
+        if source.live:
+            stored = await asyncio.to_thread(self.store.next_index, self.stream)
+        else:
+            stored = self.base or 0
         resume: int | None = None if stored else 0
         early: list[Gap] = []  # gaps seen before the first snippet fixed `resume`
 

@@ -112,7 +112,7 @@ class Worker:
                 log.info("stream %s ended: %s", sid, status["state"])
             elif spec is None or not spec.get("wanted"):
                 status = (await self.manager.stop(sid)).to_json()
-                await self.work.finish(sid, {**status, "state": "stopped"}, self.id)
+                await self.work.finish(sid, {**status, "state": "stopped"}, self.id, keep=False)
                 await asyncio.to_thread(self.store.release, sid)
                 self._forget(sid)
                 ended.add(sid)
@@ -124,13 +124,20 @@ class Worker:
             if not spec.get("wanted"):
                 if sid not in self.manager.pipelines and await self._unowned(sid):
                     status = await self.work.status(sid) or {}
-                    await self.work.finish(sid, {**status, "state": "stopped"}, self.id)
+                    await self.work.finish(
+                        sid, {**status, "state": "stopped"}, self.id, keep=False
+                    )
                 continue
             if sid in self.manager.pipelines or len(self.manager.running()) >= self.max_streams:
                 continue
             if await asyncio.to_thread(self.store.acquire, sid):
+                base = spec.get("base")
                 pipeline = await self.manager.start(
-                    spec["url"], sid, realtime=bool(spec.get("realtime"))
+                    spec["url"],
+                    sid,
+                    realtime=bool(spec.get("realtime")),
+                    append=bool(spec.get("append")),
+                    base=None if base is None else int(base),
                 )
                 await self.work.report(sid, pipeline.status.to_json(), self.id)
                 log.info("worker %s took stream %s", self.id, sid)

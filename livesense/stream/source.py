@@ -39,6 +39,10 @@ DEVICE_FORMATS: dict[str, tuple[str, ...]] = {
     "alsa": ("alsa",),
     "pulse": ("pulse",),
 }
+SUPPORTED_SCHEMES = (
+    "file", *sorted(HTTP_SCHEMES), "rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp",
+    *DEVICE_FORMATS,
+)  # fmt: skip
 NOT_MEDIA_FORMATS = frozenset({"tty"})  # FFmpeg reads any text file as ANSI art
 SKIP_NONREF_FACTOR = 4  # skip non-reference frames when sampling at <= 1/4 of the frame rate
 GAP_SECONDS = 1.0  # a timestamp jump beyond this (s) is a gap
@@ -78,8 +82,26 @@ def _hide_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
+def check_source_url(url: str) -> str:
+    """The URL when livesense can read its scheme (a path has none), else SourceError with
+    the list of schemes it reads; cheap, so callers refuse a source before loading models."""
+    url = str(url)
+    if "://" not in url:
+        return url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SUPPORTED_SCHEMES:
+        shown = "".join(ch for ch in scheme[:20] if ch.isprintable())
+        listed = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+        raise SourceError(
+            f"livesense cannot read {shown}:// sources; give a file path or a URL starting "
+            f"with {listed}."
+        )
+    return url
+
+
 def _resolve(url: str, rtsp_transport: str, timeout: float) -> _Target:
     """Turn a user URL or path into what av.open needs."""
+    check_source_url(url)
     if "://" not in url:
         return _Target(url, None, {}, "file", "file", url)
     scheme, rest = url.split("://", 1)
