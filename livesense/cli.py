@@ -434,7 +434,7 @@ async def _serve_on(
             pipeline = await manager.start(source, sid, realtime=realtime, append=append)
             while pipeline.status.state == "starting":  # opening: a bad source ends it here
                 await asyncio.wait({manager.tasks[sid]}, timeout=0.05)
-            if pipeline.status.state == "error":
+            if pipeline.status.state == "error" and not pipeline.opened:
                 raise LivesenseError(_failed(pipeline.status))
             err.print(f"ingesting {source} as stream {pipeline.stream}")
             watcher = asyncio.create_task(_report_end(manager.tasks[sid]))

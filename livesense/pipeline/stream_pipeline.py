@@ -122,6 +122,7 @@ class StreamPipeline:
         self.append = append
         self.base = base
         self.failure: LivesenseError | None = None  # why the stream ended in error
+        self.opened = False  # the source was opened and accepted: the stream ran
         self._pools = {
             name: ThreadPoolExecutor(1, thread_name_prefix=f"ls-{name}-{stream}")
             for name in ("vision", "audio", "store")
@@ -200,6 +201,7 @@ class StreamPipeline:
         self.status.live = source.live
         self.status.duration = getattr(source, "duration", None)
         self.status.state = "running"
+        self.opened = True
         policy = DropPolicy.DROP_OLDEST if source.live else DropPolicy.WAIT
         snippets: BoundedQueue[Any] = BoundedQueue("snippets", s.queues.snippets, policy)
         self._snippets = snippets
