@@ -230,3 +230,62 @@ def test_run_says_when_its_source_fails_and_healthz_shows_it(cut_off: str, tmp_p
     finally:
         stderr = stop(proc)
     assert "serving on" in stderr and "source failed" in stderr and "Traceback" not in stderr
+
+
+def test_api_refusals_leave_nothing_and_delete_takes_the_entry_then_the_data(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    memory = tmp_path / "m"
+    assert cli("ingest", str(clips["alpha"]), "--memory", str(memory)).returncode == 0
+    port = free_port()
+    proc = start("serve", "--memory", str(memory), "--port", str(port), "--token", ADMIN)
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+
+    def post(**body: object) -> httpx.Response:
+        return httpx.post(f"{base}/v1/streams", headers=auth, json=body, timeout=60)
+
+    def delete(data: bool = False, who: dict[str, str] = auth) -> httpx.Response:
+        params = {"data": "true"} if data else {}
+        return httpx.delete(f"{base}/v1/streams/lobby", params=params, headers=who, timeout=60)
+
+    def listed() -> dict[str, dict[str, object]]:
+        got = httpx.get(f"{base}/v1/streams", headers=auth, timeout=10).json()["streams"]
+        return {s["stream"]: s for s in got}
+
+    try:
+        until(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, "the server")
+        r = post(url=str(tmp_path / "no.mp4"))
+        assert r.status_code == 422 and "does not exist" in r.json()["error"]
+        r = post(url="gopher://x/y.mp4")
+        assert r.status_code == 422 and "gopher://" in r.json()["error"]
+        # lobby.mkv's default id is lobby, which holds lobby.mp4's moments
+        r = post(url=str(clips["bravo"]))
+        assert r.status_code == 409 and '"append": true' in r.json()["error"]
+        assert list(listed()) == ["lobby"] and listed()["lobby"]["ingest"] is None
+        r = post(url=str(clips["bravo"]), append=True)
+        assert r.status_code == 201, r.text
+        until(lambda: (listed()["lobby"]["ingest"] or {}).get("state") == "done", "the append")
+        assert listed()["lobby"]["records"] == 4
+        # DELETE stops ingesting: the entry goes, the stored moments stay
+        r = delete()
+        assert r.status_code == 200 and r.json()["state"] == "done"
+        assert listed()["lobby"]["ingest"] is None and listed()["lobby"]["records"] == 4
+        # with data=true the stream and everything stored of it go (the admin token only)
+        made = cli("token", "create", "--scope", "admin", "--stream", "lobby",
+                   "--memory", str(memory))  # fmt: skip
+        scoped = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        r = delete(data=True, who=scoped)
+        assert r.status_code == 403
+        r = delete(data=True)
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"] == {"moments": 4, "keyframes": 4, "gaps": 1}
+        assert listed() == {}
+        r = httpx.get(f"{base}/v1/search", params={"q": "BRAVO"}, headers=auth)
+        assert r.json()["hits"] == []
+        assert not (memory / "keyframes" / "lobby").exists()
+        r = delete(data=True)
+        assert r.status_code == 404
+    finally:
+        stderr = stop(proc)
+    assert "Traceback" not in stderr

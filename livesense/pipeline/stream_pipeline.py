@@ -171,7 +171,6 @@ class StreamPipeline:
 
     async def _run(self) -> None:
         s = self.settings
-        self.perception.load()
         if self.source is None:
             opener = functools.partial(
                 open_source,
@@ -198,6 +197,7 @@ class StreamPipeline:
         source = self.source
         if not source.live:
             self.base = await self._recording_base(source)
+        self.perception.load()  # once the source is known to be good (a no-op when loaded)
         self.status.live = source.live
         self.status.duration = getattr(source, "duration", None)
         self.status.state = "running"
