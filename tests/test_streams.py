@@ -289,3 +289,35 @@ def test_api_refusals_leave_nothing_and_delete_takes_the_entry_then_the_data(
     finally:
         stderr = stop(proc)
     assert "Traceback" not in stderr
+
+
+def test_redis_work_list_refuses_appends_and_deletes_through_the_api(
+    clips: dict[str, Path], redis: RedisServer, tmp_path: Path
+) -> None:
+    where = ["--redis", redis.url, "--config", str(_prefix_config(tmp_path))]
+    assert cli("ingest", str(clips["alpha"]), *where).returncode == 0
+    port = free_port()
+    procs = [start("serve", *where, "--port", str(port)), start("worker", *where)]
+    base = f"http://127.0.0.1:{port}"
+
+    def listed() -> dict[str, dict[str, object]]:
+        got = httpx.get(f"{base}/v1/streams", timeout=10).json()["streams"]
+        return {s["stream"]: s for s in got}
+
+    try:
+        until(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, "the API")
+        r = httpx.post(f"{base}/v1/streams", json={"url": str(clips["bravo"])}, timeout=30)
+        assert r.status_code == 409 and '"append": true' in r.json()["error"]
+        assert listed()["lobby"]["ingest"] is None  # the refusal left nothing on the work list
+        body = {"url": str(clips["bravo"]), "append": True}
+        assert httpx.post(f"{base}/v1/streams", json=body, timeout=30).status_code == 201
+        until(lambda: (listed()["lobby"]["ingest"] or {}).get("state") == "done", "the append")
+        assert listed()["lobby"]["records"] == 4 and listed()["lobby"]["end"] == 8.0
+        r = httpx.delete(f"{base}/v1/streams/lobby", params={"data": "true"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"]["moments"] == 4
+        assert listed() == {}
+    finally:
+        for proc in procs:
+            stderr = stop(proc)
+            assert "Traceback" not in stderr, stderr

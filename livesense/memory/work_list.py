@@ -86,12 +86,8 @@ class WorkList:
         check_stream(stream)
         r = await self._redis()
         raw = await self._do(r.hget(self.keys.specs, stream))
-        if raw is None:  # not on the list: what is left is the status of its end
-            ended = await self.status(stream)
-            if ended is None:
-                raise NotFoundError(f"Stream {stream} is not being ingested.")
-            await self._do(r.hdel(self.keys.status, stream))
-            return ended
+        if raw is None:
+            raise NotFoundError(f"Stream {stream} is not being ingested.")
         spec = json.loads(raw)
         spec["wanted"] = False
         status = await self.status(stream) or _status(stream, spec["url"], "stopping")
