@@ -396,13 +396,18 @@ async def _serve_on(
     manager = None if shared else StreamManager(settings, store, perception)
     work, worker, worker_task, watcher = None, None, None, None
     base = None
-    if source is not None and sid is not None:
-        base = await asyncio.to_thread(plan_start, store, sid, source, append=append, via="cli")
+    listed = False  # the stream is on the Redis work list already: it runs on as it is
     if shared:
         from livesense.memory.work_list import WorkList
         from livesense.pipeline.worker import Worker
 
         work = WorkList(settings.redis.url or "", settings.redis.prefix)
+        if sid is not None:
+            listed = bool((await work.specs()).get(sid, {}).get("wanted"))
+    if source is not None and sid is not None and not listed:
+        base = await asyncio.to_thread(plan_start, store, sid, source, append=append, via="cli")
+    if shared:
+        assert work is not None
         if source is not None:  # this process is a worker too (and takes WHIP publishers)
             worker = Worker(settings, store, work, perception)
     tokens = open_token_store(settings.memory, settings.redis.url, settings.redis.prefix)

@@ -32,8 +32,8 @@ LIGHT = {
 ADMIN = "adm1n-t0ken"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return livesense(*args, env=LIGHT)
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return livesense(*args, env=LIGHT, timeout=timeout)
 
 
 def one_sentence(r: subprocess.CompletedProcess[str]) -> str:
@@ -182,7 +182,7 @@ def test_failed_sources_and_ports_are_failures_not_success(cut_off: str, tmp_pat
 
 def test_run_ends_on_a_source_that_cannot_be_opened(tmp_path: Path) -> None:
     r = cli("run", str(tmp_path / "nope.mp4"), "--memory", str(tmp_path / "m"),
-            "--port", str(free_port()))  # fmt: skip
+            "--port", str(free_port()), timeout=120)  # fmt: skip
     assert "does not exist" in one_sentence(r) and "serving on" not in r.stderr
 
 
