@@ -34,6 +34,7 @@ from livesense.pipeline.perception import Perception
 from livesense.pipeline.persister import Persister
 from livesense.pipeline.queues import BoundedQueue, DropPolicy
 from livesense.pipeline.snippeter import Snippeter
+from livesense.pipeline.stream_start import reuse_refusal, stored_end
 from livesense.pipeline.supervisor import StageSupervisor
 from livesense.records import EndOfStream, Features, Gap, Snippet
 from livesense.stream.reconnect import ReconnectingSource
@@ -215,8 +216,6 @@ class StreamPipeline:
     async def _recording_base(self, source: MediaSource) -> int:
         """Where a recording starts on the stream's clock (see __init__); a recording put
         after stored moments gets a gap marker from their end to its start."""
-        from livesense.pipeline.manager import reuse_refusal, stored_end
-
         stored = await asyncio.to_thread(self.store.next_index, self.stream)
         base = self.base
         if base is None:
