@@ -620,7 +620,15 @@ def streams_delete(
     settings = _settings(config, memory=memory, **{"redis.url": redis})
     if not settings.redis.url and not (settings.memory / "memory.db").exists():
         raise LivesenseError(f"There is no livesense memory in {settings.memory}.")
-    store = _open_store(settings.memory, settings, readonly=False)
+    try:
+        store = _open_store(settings.memory, settings, readonly=False)
+    except LivesenseError as e:
+        if "already writing" not in str(e):
+            raise
+        raise LivesenseError(
+            f"{e} While a server runs on it, delete through it: "
+            f"DELETE /v1/streams/{stream}?data=true."
+        ) from None
     try:
         held = store.count(stream)
         if not yes:
