@@ -110,9 +110,9 @@ def ingest(
     pipeline = asyncio.run(_ingest(source, stream, settings, realtime, append))
     status = pipeline.status
     first = (pipeline.base or 0) * settings.snippet.seconds
-    span = f"{first:.1f}–{status.position:.1f} s, after the moments stored before" if first else (
-        f"{status.position:.1f} s"
-    )
+    span = f"{status.position:.1f} s"
+    if first:  # appended: its span on the stream's clock
+        span = f"{first:.1f}–{span}, after the moments stored before"
     out.print(
         f"[green]stored[/] {status.snippets} snippets of stream [bold]{status.stream}[/] "
         f"({span}) in {_where(settings)}"
