@@ -81,6 +81,14 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML settings file (LIVESENSE_* env also read).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+AppendOpt = Annotated[
+    bool,
+    typer.Option(
+        "--append",
+        help="The stream already holds moments: put this recording after them (a gap marks "
+        "the seam). Without it such a stream id is refused.",
+    ),
+]
 RedisOpt = Annotated[
     str | None,
     typer.Option(
@@ -130,6 +138,7 @@ def ingest(
     asr_model: Annotated[
         str | None, typer.Option("--asr-model", help="tiny.en, base, or a CTranslate2 directory.")
     ] = None,
+    append: AppendOpt = False,
     redis: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -137,26 +146,42 @@ def ingest(
     settings = _settings(
         config, memory=memory, **{"perception.asr_model": asr_model, "redis.url": redis}
     )
-    status = asyncio.run(_ingest(source, stream, settings, realtime))
+    pipeline = asyncio.run(_ingest(source, stream, settings, realtime, append))
+    status = pipeline.status
+    first = (pipeline.base or 0) * settings.snippet.seconds
+    span = f"{status.position:.1f} s"
+    if first:  # appended: its span on the stream's clock
+        span = f"{first:.1f}–{span}, after the moments stored before"
     out.print(
         f"[green]stored[/] {status.snippets} snippets of stream [bold]{status.stream}[/] "
-        f"({status.position:.1f} s) in {_where(settings)}"
+        f"({span}) in {_where(settings)}"
         + (f", {status.drops} dropped" if status.drops else "")
     )
 
 
-async def _ingest(source: str, stream: str | None, settings: Settings, realtime: bool) -> Any:
+async def _ingest(
+    source: str, stream: str | None, settings: Settings, realtime: bool, append: bool
+) -> Any:
     from livesense.memory.watch import WatchHub
-    from livesense.pipeline.manager import check_stream_id, stream_id_for
+    from livesense.pipeline.manager import check_stream_id, plan_start, stream_id_for
     from livesense.pipeline.perception import Perception
     from livesense.pipeline.stream_pipeline import StreamPipeline
+    from livesense.stream.source import check_source_url
 
+    check_source_url(source)
     sid = check_stream_id(stream or stream_id_for(source))
     store = _open_store(settings.memory, settings, readonly=False, hub=WatchHub())
+    try:
+        plan_start(store, sid, source, append=append, via="cli")
+    except BaseException:
+        store.close()
+        raise
     perception = Perception.from_settings(settings)
     with err.status("loading models…"):
         await asyncio.to_thread(perception.load)
-    pipeline = StreamPipeline(sid, source, settings, store, perception, realtime=realtime)
+    pipeline = StreamPipeline(
+        sid, source, settings, store, perception, realtime=realtime, append=append
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.stop)
@@ -167,8 +192,19 @@ async def _ingest(source: str, stream: str | None, settings: Settings, realtime:
     finally:
         store.close()
     if status.state == "error":
-        raise LivesenseError(status.error or "Ingest failed.")
-    return status
+        raise LivesenseError(_failed(status))
+    return pipeline
+
+
+def _failed(status: Any) -> str:
+    """Why a stream failed, and what of it is kept."""
+    why = status.error or f"Ingesting stream {status.stream} failed."
+    if status.snippets:
+        why += (
+            f" The {status.snippets} snippets stored before that (up to "
+            f"{status.position:.1f} s) are kept."
+        )
+    return str(why)
 
 
 async def _show_progress(pipeline: Any, task: asyncio.Task[Any]) -> None:
@@ -321,11 +357,13 @@ def run(
     realtime: Annotated[
         bool, typer.Option("--realtime", help="Pace a file like a live source.")
     ] = False,
+    append: AppendOpt = False,
     redis: RedisOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Ingest a source and serve queries at once: the main job (with --redis: the source goes
-    on the work list and this process is also a worker)."""
+    on the work list and this process is also a worker). A source that cannot be opened ends
+    it; one that ends or fails later is reported, and /healthz shows its state."""
     settings = _settings(
         config,
         memory=memory,
@@ -333,52 +371,104 @@ def run(
         **{"redis.url": redis},
         **{"security.token_file": token_file},
     )
-    asyncio.run(_serve(settings, source=source, stream=stream, realtime=realtime))
+    asyncio.run(
+        _serve(settings, source=source, stream=stream, realtime=realtime, append=append)
+    )
 
 
 async def _serve(
-    settings: Settings, *, source: str | None, stream: str | None, realtime: bool
+    settings: Settings,
+    *,
+    source: str | None,
+    stream: str | None,
+    realtime: bool,
+    append: bool = False,
 ) -> None:
-    import uvicorn
-
-    from livesense.api.app import Services, create_app
     from livesense.api.auth import bind_host, check_admin_token, read_token_file
-    from livesense.api.server import ConnectionGuard, Server
-    from livesense.api.tokens import open_token_store
+    from livesense.api.server import listen
     from livesense.memory.store import WriterBusyError
     from livesense.memory.watch import WatchHub
-    from livesense.pipeline.manager import StreamManager
-    from livesense.pipeline.perception import Perception
+    from livesense.pipeline.manager import check_stream_id, stream_id_for
+    from livesense.stream.source import check_source_url
 
+    sid = None
+    if source is not None:
+        check_source_url(source)
+        sid = check_stream_id(stream or stream_id_for(source))
     _server_logging(settings)
     admin_token = settings.server.token
     if admin_token is not None:
         admin_token = check_admin_token(admin_token)
     elif settings.security.token_file is not None:
         admin_token = read_token_file(settings.security.token_file)
+    host, narrowed = bind_host(settings.server.host, admin_token)
+    settings.server.host = host
+    sock = listen(host, settings.server.port)  # a port that cannot be had ends it here
     hub = WatchHub()
     shared = settings.redis.url is not None
     busy = False
     try:
-        store = _open_store(
-            settings.memory, settings, readonly=shared and source is None, hub=hub, follow=shared
-        )
-    except WriterBusyError:
-        if source is not None:
-            raise
-        # Another process (an ingest) writes this memory: serve it read-only meanwhile.
-        store = _open_store(settings.memory, settings, readonly=True, hub=hub)
-        busy = True
-        err.print(
-            f"another process is writing to the memory in {settings.memory}: serving it "
-            "read-only (queries see what it stores; to start streams here, stop that process "
-            "and use 'livesense run' or POST /v1/streams)",
-            markup=False,
-            highlight=False,
-        )
+        try:
+            store = _open_store(
+                settings.memory, settings, readonly=shared and source is None, hub=hub,
+                follow=shared,
+            )  # fmt: skip
+        except WriterBusyError:
+            if source is not None:
+                raise
+            # Another process (an ingest) writes this memory: serve it read-only meanwhile.
+            store = _open_store(settings.memory, settings, readonly=True, hub=hub)
+            busy = True
+            err.print(
+                f"another process is writing to the memory in {settings.memory}: serving it "
+                "read-only (queries see what it stores; to start streams here, stop that "
+                "process and use 'livesense run' or POST /v1/streams)",
+                markup=False,
+                highlight=False,
+            )
+    except BaseException:
+        sock.close()
+        raise
+    closing = contextlib.ExitStack()
+    closing.callback(store.close)
+    closing.callback(sock.close)
+    with closing:
+        await _serve_on(
+            settings, store, hub, sock, admin_token, narrowed,
+            source=source, sid=sid, realtime=realtime, append=append, busy=busy,
+        )  # fmt: skip
+
+
+async def _serve_on(
+    settings: Settings,
+    store: Any,
+    hub: Any,
+    sock: Any,
+    admin_token: str | None,
+    narrowed: str | None,
+    *,
+    source: str | None,
+    sid: str | None,
+    realtime: bool,
+    append: bool,
+    busy: bool = False,
+) -> None:
+    """Serve on a bound socket over an open store: start the source (when given) first;
+    `busy`: another process writes the memory, so this one only reads it."""
+    import uvicorn
+
+    from livesense.api.app import Services, create_app
+    from livesense.api.server import ConnectionGuard, Server
+    from livesense.api.tokens import open_token_store
+    from livesense.pipeline.manager import StreamManager, plan_start
+    from livesense.pipeline.perception import Perception
+
+    shared = settings.redis.url is not None
     perception = Perception.from_settings(settings)
     manager = None if shared or busy else StreamManager(settings, store, perception)
-    work, worker, worker_task = None, None, None
+    work, worker, worker_task, watcher = None, None, None, None
+    base = None
+    listed = False  # the stream is on the Redis work list already: it runs on as it is
     if shared:
         from livesense.memory.work_list import WorkList
         from livesense.pipeline.worker import Worker
@@ -386,6 +476,12 @@ async def _serve(
         work = WorkList(
             settings.redis.url or "", settings.redis.prefix, settings.security.source_key
         )
+        if sid is not None:
+            listed = bool((await work.specs()).get(sid, {}).get("wanted"))
+    if source is not None and sid is not None and not listed:
+        base = await asyncio.to_thread(plan_start, store, sid, source, append=append, via="cli")
+    if shared:
+        assert work is not None
         if source is not None:  # this process is a worker too (and takes WHIP publishers)
             worker = Worker(settings, store, work, perception)
     tokens = open_token_store(settings.memory, settings.redis.url, settings.redis.prefix)
@@ -397,55 +493,91 @@ async def _serve(
         tokens=tokens,
         security=settings.security,
         work=work,
+        source=sid,
     )
     app_ = create_app(services)
-    host, narrowed = bind_host(settings.server.host, admin_token)
-    settings.server.host = host
     if narrowed:
         err.print(narrowed)
     elif admin_token is None:
         err.print("no admin token: anyone on this machine can use the API (loopback only)")
-    if source is not None and work is not None and worker is not None:  # on the work list
-        from livesense.pipeline.manager import check_stream_id, stream_id_for
-
-        sid = check_stream_id(stream or stream_id_for(source))
-        with contextlib.suppress(LivesenseError):  # already on the list: it runs on
-            await work.start(source, sid, realtime=realtime)
-        worker_task = asyncio.create_task(worker.run())
-        err.print(f"ingesting {shown_url(source)} as stream {sid} (Redis work list)")
-    elif source is not None and manager is not None:
-        with err.status("loading models…"):
-            await asyncio.to_thread(perception.load)
-        pipeline = await manager.start(source, stream, realtime=realtime)
-        await asyncio.sleep(0)
-        err.print(f"ingesting {shown_url(source)} as stream {pipeline.stream}")
-    drain = settings.resilience.drain_seconds
-    http, ws = ConnectionGuard(settings.security).protocols()  # slow headers, many sockets
-    config = uvicorn.Config(
-        app_,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level="warning",
-        timeout_graceful_shutdown=2,  # open requests get 2 s; then streams drain (`drain` s)
-        http=http,
-        ws=ws or "none",
-    )
-    server = Server(config)
-    err.print(
-        f"serving on http://{settings.server.host}:{settings.server.port} (API docs at /docs)"
-    )
     try:
-        await server.serve()
+        if source is not None and sid is not None and work is not None and worker is not None:
+            with contextlib.suppress(LivesenseError):  # already on the list: it runs on
+                await work.start(source, sid, realtime=realtime, append=append, base=base)
+            worker_task = asyncio.create_task(worker.run())
+            err.print(f"ingesting {shown_url(source)} as stream {sid} (Redis work list)")
+            watcher = asyncio.create_task(_report_listed(work, sid))
+        elif source is not None and sid is not None and manager is not None:
+            with err.status("loading models…"):
+                await asyncio.to_thread(perception.load)
+            pipeline = await manager.start(source, sid, realtime=realtime, append=append)
+            while pipeline.status.state == "starting":  # opening: a bad source ends it here
+                await asyncio.wait({manager.tasks[sid]}, timeout=0.05)
+            if pipeline.status.state == "error" and not pipeline.opened:
+                raise LivesenseError(_failed(pipeline.status))
+            err.print(f"ingesting {shown_url(source)} as stream {pipeline.stream}")
+            watcher = asyncio.create_task(_report_end(manager.tasks[sid]))
+        http, ws = ConnectionGuard(settings.security).protocols()  # slow headers, many sockets
+        config = uvicorn.Config(
+            app_,
+            log_level="warning",
+            timeout_graceful_shutdown=2,  # open requests get 2 s; then streams drain (`drain` s)
+            http=http,
+            ws=ws or "none",
+        )
+        server = Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.wait({serving}, timeout=0.05)
+        if server.started:
+            err.print(
+                f"serving on http://{_shown_host(settings.server.host)}:{sock.getsockname()[1]}"
+                " (API docs at /docs)"
+            )
+        await serving
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if manager is not None:
-            await manager.close(timeout=drain)  # SIGTERM: streams drain and flush, then exit
+            # SIGTERM: streams drain and flush, then the process exits
+            await manager.close(timeout=settings.resilience.drain_seconds)
         if worker is not None and worker_task is not None:
             worker.stop()
             await worker_task
         if work is not None:
             await work.close()
         tokens.close()
-        store.close()
+
+
+def _shown_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _report_end(task: asyncio.Task[Any]) -> None:
+    """Say on stderr when the source of `run` ends or fails (the server goes on)."""
+    status = await asyncio.shield(task)
+    if status.state == "error":
+        err.print(f"[red]source failed:[/] {escape(_failed(status))} Still serving queries.")
+    else:
+        err.print(
+            f"source ended ({status.state}): stream {status.stream} stored {status.snippets} "
+            f"snippets ({status.position:.1f} s). Still serving queries."
+        )
+
+
+async def _report_listed(work: Any, sid: str) -> None:
+    """`run` with a Redis work list: say when the stream ends or fails, as reported there."""
+    while True:
+        await asyncio.sleep(1.0)
+        with contextlib.suppress(LivesenseError):
+            status = await work.status(sid)
+            if status and status.get("state") in ("done", "error", "stopped"):
+                if status["state"] == "error":
+                    why = escape(str(status.get("error") or "it failed"))
+                    err.print(f"[red]source failed:[/] {why} Still serving queries.")
+                else:
+                    err.print(f"source ended ({status['state']}). Still serving queries.")
+                return
 
 
 def _server_logging(settings: Settings) -> None:
@@ -489,6 +621,117 @@ def timeline(
     for m in moments:
         table.add_row(f"{m.start:.1f}–{m.end:.1f} s", m.tier, m.summary)
     out.print(table if moments else f"stream {stream} has no stored moments")
+
+
+streams_app = typer.Typer(
+    help="List the streams in memory (with --json: as JSON), or delete one with its data.",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(streams_app, name="streams")
+
+
+@streams_app.callback()
+def streams(
+    ctx: typer.Context,
+    memory: MemoryOpt = Path("livesense-memory"),
+    as_json: JsonOpt = False,
+    redis: RedisOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List the streams in memory: stored moments, the stream time they span, and (with
+    --redis) what the work list says of their ingest."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings(config, memory=memory, **{"redis.url": redis})
+    rows = asyncio.run(_list_streams(settings))
+    if as_json:
+        print(json.dumps({"streams": rows}))
+        return
+    if not rows:
+        out.print(f"no streams in {_where(settings)}")
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in ("stream", "moments", "span", "ingest"):
+        table.add_column(col)
+    for row in rows:
+        span = f"{row['start']:.1f}–{row['end']:.1f} s" if row["records"] else "–"
+        ingest = row["ingest"] or {}
+        state = str(ingest.get("state") or "")
+        if ingest.get("error"):
+            state += f": {ingest['error']}"
+        table.add_row(row["stream"], str(row["records"]), span, escape(state))
+    out.print(table)
+
+
+async def _list_streams(settings: Settings) -> list[dict[str, Any]]:
+    store = _open_store(settings.memory, settings, readonly=True)
+    try:
+        rows = [{**info, "ingest": None} for info in store.streams()]
+    finally:
+        store.close()
+    if settings.redis.url:
+        from livesense.memory.work_list import WorkList
+
+        work = WorkList(settings.redis.url, settings.redis.prefix)
+        try:
+            listed = await work.statuses()
+        finally:
+            await work.close()
+        for row in rows:
+            row["ingest"] = listed.pop(row["stream"], None)
+        rows += [
+            {"stream": sid, "records": 0, "start": 0.0, "end": 0.0, "snippets": 0, "ingest": st}
+            for sid, st in sorted(listed.items())
+        ]
+    return rows
+
+
+@streams_app.command("delete")
+def streams_delete(
+    stream: Annotated[str, typer.Argument(help="The stream id to delete.")],
+    memory: MemoryOpt = Path("livesense-memory"),
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    redis: RedisOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete a stream and everything stored of it: moments (with their vectors and text
+    index), keyframes, summary and gap markers. It cannot be undone."""
+    from livesense.pipeline.manager import check_stream_id
+
+    check_stream_id(stream)
+    settings = _settings(config, memory=memory, **{"redis.url": redis})
+    if not settings.redis.url and not (settings.memory / "memory.db").exists():
+        raise LivesenseError(f"There is no livesense memory in {settings.memory}.")
+    try:
+        store = _open_store(settings.memory, settings, readonly=False)
+    except LivesenseError as e:
+        if "already writing" not in str(e):
+            raise
+        raise LivesenseError(
+            f"{e} While a server runs on it, delete through it: "
+            f"DELETE /v1/streams/{stream}?data=true."
+        ) from None
+    try:
+        held = store.count(stream)
+        if not yes:
+            question = f"Delete stream {stream} and its {held} stored moments for good?"
+            if not sys.stdin.isatty():
+                raise LivesenseError(
+                    f"Deleting stream {stream} and its {held} stored moments cannot be undone; "
+                    "add --yes to confirm."
+                )
+            if not typer.confirm(question):
+                raise typer.Exit(1)
+        deleted = store.delete_stream(stream)
+    finally:
+        store.close()
+    if not any(deleted.values()):
+        raise LivesenseError(f"There is no stream {stream} in {_where(settings)}.")
+    out.print(
+        f"[green]deleted[/] stream [bold]{stream}[/]: {deleted['moments']} moments, "
+        f"{deleted['keyframes']} keyframes, {deleted['gaps']} gap markers"
+    )
 
 
 @app.command()

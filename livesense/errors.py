@@ -31,6 +31,12 @@ class NotFoundError(LivesenseError):
     status = 404
 
 
+class StreamBusyError(LivesenseError):
+    """The stream is being ingested, so it cannot be changed that way now."""
+
+    status = 409
+
+
 class ConfigError(LivesenseError):
     status = 400
 

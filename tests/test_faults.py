@@ -113,7 +113,7 @@ async def test_a_dropped_rtsp_source_reconnects_with_backoff_and_marks_the_gap(
         (round(gap_start, 3), round(gap_end, 3))
     ]
     # then the server is gone: three tries, waits doubling, and a clear end
-    assert status.state == "done" and status.error and "after 3 attempts" in status.error
+    assert status.state == "error" and status.error and "after 3 attempts" in status.error
     tries = list(source.attempt_times)[-3:]
     waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
     assert len(waits) == 2 and waits[1] > 1.5 * waits[0] and waits[0] >= 0.3

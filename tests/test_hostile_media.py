@@ -314,5 +314,5 @@ async def test_a_hostile_stream_leaves_the_others_alone(
     assert by["empty"].state == "error" and "could not be read as media" in str(by["empty"].error)
     assert by["hostile"].state in ("done", "error")
     assert by["hostile"].error is None or by["hostile"].error.endswith(".")
-    again = await manager.start(str(good), "good")  # the service goes on taking streams
+    again = await manager.start(str(good), "good2")  # the service goes on taking streams
     assert (await manager.tasks[again.stream]).snippets == 2

@@ -31,8 +31,14 @@ from livesense.errors import LivesenseError, NotFoundError, QueryError, SourceEr
 from livesense.memory.store_base import Store
 from livesense.memory.watch import WatchHub
 from livesense.pipeline import metrics
-from livesense.pipeline.manager import StreamManager, check_stream_id, stream_id_for
+from livesense.pipeline.manager import (
+    StreamManager,
+    check_stream_id,
+    plan_start,
+    stream_id_for,
+)
 from livesense.records import Hit
+from livesense.stream.source import check_source_url
 
 if TYPE_CHECKING:
     from livesense.memory.work_list import WorkList
@@ -50,6 +56,11 @@ class StartStream(BaseModel):
     url: str = Field(..., min_length=1, max_length=4096)
     stream: str | None = Field(None, max_length=64)
     realtime: bool = False
+    append: bool = Field(
+        False,
+        description="The stream already holds moments: put this recording after them (a gap "
+        "marks the seam). Without it a recording for such a stream is refused (409).",
+    )
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Services:
     tokens: TokenStore | None = None  # scoped tokens
     security: SecuritySettings | None = None
     work: WorkList | None = None  # Redis work list: streams run by workers, not here
+    source: str | None = None  # the stream `livesense run` ingests: /healthz reports on it
 
 
 def caller(request: Request) -> Principal:
@@ -145,15 +157,39 @@ def create_app(services: Services) -> FastAPI:
         unread = {"Connection": "close"} if exc.status_code in (408, 413) else None
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=unread)
 
+    def source_status() -> dict[str, Any] | None:
+        """The state of the source `livesense run` ingests, if this process has one."""
+        sid = services.source
+        if sid is None:
+            return None
+        pipeline = services.manager.pipelines.get(sid) if services.manager else None
+        if pipeline is not None:
+            return pipeline.status.to_json()
+        if services.work is not None:
+            with contextlib.suppress(LivesenseError):
+                return anyio.from_thread.run(services.work.status, sid)
+        return None
+
     @app.get("/healthz", tags=["service"])
-    def healthz() -> dict[str, Any]:
+    def healthz() -> JSONResponse:
+        """200 while the service works; 503 once the source of `livesense run` has failed
+        (queries are still answered)."""
         running = services.manager.running() if services.manager else []
         out: dict[str, Any] = {"status": "ok", "version": __version__, "running": len(running)}
         if not authn.enabled:  # stream names are for token holders only
             out["streams"] = running
         if (path := getattr(services.store, "vector_search", None)) is not None:
             out["vector_search"] = path
-        return out
+        source = source_status()
+        if source is not None:
+            state = str(source.get("state"))
+            shown: dict[str, Any] = {"state": state}
+            if not authn.enabled:
+                shown.update(stream=source.get("stream"), error=source.get("error"))
+            out["source"] = shown
+            if state == "error":
+                out["status"] = "error"
+        return JSONResponse(out, status_code=503 if out["status"] == "error" else 200)
 
     @app.get("/metrics", tags=["service"])
     def prometheus(who: Caller) -> Response:
@@ -208,32 +244,83 @@ def create_app(services: Services) -> FastAPI:
 
     @app.post("/v1/streams", tags=["streams"], status_code=201)
     async def start_stream(body: StartStream, who: Caller) -> dict[str, Any]:
+        """Start ingesting a URL or a file of the server's. A refused request (a source that
+        cannot be opened, a recording for a stream that holds moments without `append`)
+        leaves nothing behind."""
         who.require_admin()  # opening URLs and files of the server's choosing: admin only
-        if services.work is not None:  # a worker takes it from the Redis work list
-            sid = check_stream_id(body.stream or stream_id_for(body.url))
-            return await services.work.start(body.url, sid, realtime=body.realtime)
-        if services.manager is None:
+        check_source_url(body.url)
+        sid = check_stream_id(body.stream or stream_id_for(body.url))
+        if services.work is None and services.manager is None:
             raise LivesenseError("This process only answers queries; it ingests no streams.")
-        pipeline = await services.manager.start(body.url, body.stream, realtime=body.realtime)
+        if services.manager is not None and sid in services.manager.running():
+            raise QueryError(f"Stream {sid} is already being ingested; stop it first.")
+        base = await asyncio.to_thread(
+            plan_start, services.store, sid, body.url, append=body.append, via="api"
+        )
+        if services.work is not None:  # a worker takes it from the Redis work list
+            return await services.work.start(
+                body.url, sid, realtime=body.realtime, append=body.append, base=base
+            )
+        assert services.manager is not None
+        manager = services.manager
+        pipeline = await manager.start(
+            body.url, sid, realtime=body.realtime, append=body.append
+        )
         # Give the source a moment to open so a bad URL is answered here, not later.
         for _ in range(100):
             if pipeline.status.state != "starting":
                 break
             await asyncio.sleep(0.05)
         if pipeline.status.state == "error":
+            await asyncio.wait({manager.tasks[sid]}, timeout=5)
+            manager.withdraw(pipeline)
+            if pipeline.failure is not None:
+                raise pipeline.failure
             raise SourceError(pipeline.status.error or "The source could not be opened.")
         return pipeline.status.to_json()
 
     @app.delete("/v1/streams/{stream}", tags=["streams"])
-    async def stop_stream(stream: str, who: Caller) -> dict[str, Any]:
+    async def stop_stream(
+        stream: str,
+        who: Caller,
+        data: Annotated[
+            bool,
+            Query(
+                description="Also delete the stream's stored moments, keyframes and gap "
+                "markers (admin token only); the stream is stopped first if it runs."
+            ),
+        ] = False,
+    ) -> dict[str, Any]:
+        """Stop ingesting a stream; its entry leaves the list (its stored moments stay, unless
+        `data` is true)."""
         check_stream_id(stream)
-        who.require(Scope.ADMIN, stream)
+        if data:
+            who.require_admin()
+        else:
+            who.require(Scope.ADMIN, stream)
+        status: dict[str, Any] | None = None
+        try:
+            if services.work is not None:
+                status = await services.work.stop(stream)
+            elif services.manager is not None:
+                status = (await services.manager.stop(stream)).to_json()
+                services.manager.forget(stream)
+            else:
+                raise NotFoundError(f"Stream {stream} is not being ingested.")
+        except NotFoundError:
+            if not data:
+                raise
+        if not data:
+            assert status is not None
+            return status
+        if services.work is not None and status is not None:
+            await services.work.wait_released(stream, services.store)
+        deleted = await asyncio.to_thread(services.store.delete_stream, stream)
         if services.work is not None:
-            return await services.work.stop(stream)
-        if services.manager is None:
-            raise NotFoundError(f"Stream {stream} is not being ingested.")
-        status = await services.manager.stop(stream)
-        return status.to_json()
+            await services.work.forget(stream)
+        if status is None and not any(deleted.values()):
+            raise NotFoundError(f"Stream {stream} has no stored moments and is not ingested.")
+        return {"stream": stream, "ingest": status, "deleted": deleted}
 
     @app.get("/v1/keyframes/{stream}/{name}", tags=["query"])
     def keyframe(stream: str, name: str, who: Caller) -> Response:

@@ -46,7 +46,12 @@ import numpy as np
 
 from livesense.config import MemorySettings, RedisSettings
 from livesense.engines.text import DIM, TextEmbedder
-from livesense.errors import LivesenseError, StoreUnavailableError, missing_package
+from livesense.errors import (
+    LivesenseError,
+    StoreUnavailableError,
+    StreamBusyError,
+    missing_package,
+)
 from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.evidence_codec import evidence_from_json
@@ -445,6 +450,57 @@ class RedisStore(Store):
         if wake and self._wake is not None:
             self._io.loop.call_soon_threadsafe(self._wake.set)
 
+    def delete_stream(self, stream: str) -> dict[str, int]:
+        """Delete every key of the stream (records with their vectors, timeline, change log,
+        keyframes, summary, gap markers) while holding its lease, so that no writer comes in
+        between; refused while another process ingests it. Query processes drop it locally
+        when the feed tells them."""
+        check_stream(stream)
+        if self._closed:
+            raise LivesenseError("This memory has been closed.")
+        deleted = dict(self._call(self._delete_stream(stream), "delete a stream"))
+        with self._stream_lock(stream):
+            self._tiers.pop(stream, None)
+            self._owned.discard(stream)
+            self._queried_inbox.pop(stream, None)
+        return deleted
+
+    async def _delete_stream(self, stream: str) -> dict[str, int]:
+        k = self.keys
+        lease = k.lease(stream)
+        took = await self._client.set(lease, self.token, nx=True, px=self._ttl_ms)
+        if not took:
+            holder = await self._client.get(lease)
+            if holder is not None and holder.decode() != self.token:
+                raise StreamBusyError(
+                    f"Stream {stream} is being ingested by {holder.decode()}; stop it first."
+                )
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zcard(k.timeline(stream))
+            pipe.zcard(k.gaps(stream))
+            moments, gaps = await pipe.execute()
+            keyframes = 0
+            doomed: list[bytes] = []
+            async for key in self._client.scan_iter(match=f"{k.tag(stream)}:*", count=1000):
+                if key.decode() == lease:
+                    continue
+                keyframes += ":kf:" in key.decode()
+                doomed.append(key)
+            for i in range(0, len(doomed), 500):
+                await self._client.unlink(*doomed[i : i + 500])
+            pipe = self._client.pipeline(transaction=False)
+            pipe.srem(k.streams, stream)
+            pipe.xadd(k.feed, {"s": stream}, maxlen=FEED_KEPT, approximate=True)
+            await pipe.execute()
+        finally:
+            await self._release(keys=[lease], args=[self.token])
+        assert self._sync_lock is not None
+        async with self._sync_lock:
+            self._local.drop_stream(stream)
+            self._chg.pop(stream, None)
+        return {"moments": int(moments), "keyframes": int(keyframes), "gaps": int(gaps)}
+
     def _mark_gap(self, stream: str, mark: GapMark) -> None:
         """Store a gap marker now (one script in the stream's slot, idempotent). While Redis
         is unreachable markers wait here and go with the next one marked."""
@@ -725,6 +781,11 @@ class RedisStore(Store):
         part-th slice of the known streams, and with every new one)."""
         raw = await self._client.smembers(self.keys.streams)
         streams = sorted(s.decode() for s in raw)
+        assert self._sync_lock is not None
+        async with self._sync_lock:
+            for gone in set(self._chg) - set(streams):  # deleted meanwhile
+                self._local.drop_stream(gone)
+                self._chg.pop(gone, None)
         known = [s for s in streams[part::parts] if s in self._chg]
         for i in range(0, len(known), SWEEP_CHUNK):
             chunk = known[i : i + SWEEP_CHUNK]
@@ -752,6 +813,10 @@ class RedisStore(Store):
                 entries, oldest = await pipe.execute()
                 if oldest and _id_after(oldest[0][0], last):  # trimmed past us
                     await self._reload_stream(stream)
+                    return
+                if not oldest:  # no change log: the stream was deleted
+                    self._local.drop_stream(stream)
+                    self._chg.pop(stream, None)
                     return
                 if not entries:
                     return

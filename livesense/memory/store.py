@@ -400,6 +400,51 @@ class MemoryStore(Store):
             self._apply(conn, plan)
             self._tiers.pop(stream, None)  # loaded again from what was committed
 
+    def delete_stream(self, stream: str) -> dict[str, int]:
+        """Delete the stream's moments (rows, text index, vectors), summary, gap markers and
+        keyframe files in one transaction; readers drop them at their next look."""
+        check_stream(stream)
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                closed = "has been closed" if self._closed else "is open read-only"
+                raise LivesenseError(f"This memory {closed}; it cannot be written.")
+            with self._transaction() as c:
+                ids = [
+                    int(r[0])
+                    for r in c.execute("SELECT id FROM records WHERE stream = ?", (stream,))
+                ]
+                for rid in ids:
+                    self._delete(c, rid)
+                gaps = c.execute("DELETE FROM gaps WHERE stream = ?", (stream,)).rowcount
+                c.execute("DELETE FROM meta WHERE key = ?", (f"summary:{stream}",))
+                gen = self._generation
+                if ids:
+                    gen = self._meta(c, "generation") + 1
+                    c.executemany(
+                        "INSERT INTO removed(gen, id) VALUES (?, ?)", [(gen, rid) for rid in ids]
+                    )
+                    c.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES ('generation', ?)",
+                        (str(gen),),
+                    )
+            self._generation = gen
+            self._index.remove(ids)
+            self._tiers.pop(stream, None)
+            self._counts.pop(stream, None)
+            with self._queried_lock:
+                self._queried.pop(stream, None)
+        keyframes = 0
+        folder = self.keyframes / stream
+        if folder.is_dir():
+            for path in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    keyframes += path.suffix == ".jpg"
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return {"moments": len(ids), "keyframes": keyframes, "gaps": max(0, gaps)}
+
     def _mark_gap(self, stream: str, mark: GapMark) -> None:
         """Store a gap marker in its own table (the same gap again is ignored); the oldest
         leave beyond GAPS_KEPT per stream."""

@@ -62,6 +62,12 @@ class Store(ABC):
         """Store a stream's records as they are (a stream copied from another store, or built
         by running StreamTiers elsewhere); the stream must not be stored here yet."""
 
+    @abstractmethod
+    def delete_stream(self, stream: str) -> dict[str, int]:
+        """Delete everything stored of a stream (moments with their vectors and text index,
+        keyframes, summary, gap markers); it must not be being ingested. Returns how many
+        moments, keyframes and gap markers went."""
+
     def mark_gap(self, stream: str, start: float, end: float, reason: str) -> None:
         """Remember that the stream had no media from `start` to `end` (stream seconds) and
         why: the timeline shows it as a moment of tier `gap`; search never returns it.

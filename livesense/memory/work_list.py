@@ -9,11 +9,12 @@ Async (redis-py asyncio) on the caller's event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
-from livesense.errors import LivesenseError, NotFoundError, QueryError
+from livesense.errors import LivesenseError, NotFoundError, QueryError, StreamBusyError
 from livesense.memory.redis_keys import RedisKeys
 from livesense.memory.redis_store import _import_redis
 from livesense.memory.search import check_stream
@@ -49,17 +50,32 @@ class WorkList:
 
     # -- API side ----------------------------------------------------------------------
 
-    async def start(self, url: str, stream: str, *, realtime: bool = False) -> dict[str, Any]:
-        """Ask the workers to ingest `url` as `stream`; the status they will report. A URL
-        with credentials is listed with them hidden, and travels sealed (security.source_key)
-        for the workers to open: Redis never holds them in the clear."""
+    async def start(
+        self,
+        url: str,
+        stream: str,
+        *,
+        realtime: bool = False,
+        append: bool = False,
+        base: int | None = None,
+    ) -> dict[str, Any]:
+        """Ask the workers to ingest `url` as `stream`; the status they will report. `base`:
+        the snippet a recording starts at (manager.plan_start), kept so that a worker taking
+        the stream over continues it there instead of appending it again. A URL with credentials
+        is listed with them hidden, and travels sealed (security.source_key) for the workers to
+        open: Redis never holds them in the clear."""
         check_stream(stream)
         shown = shown_url(url)
         sealed = seal_url(url, self.source_key) if shown != url else None  # ConfigError: no key
         r = await self._redis()
         spec: dict[str, Any] = {
-            "url": shown, "realtime": bool(realtime), "wanted": True, "since": time.time()
-        }  # fmt: skip
+            "url": shown,
+            "realtime": bool(realtime),
+            "wanted": True,
+            "since": time.time(),
+            "append": bool(append),
+            "base": base,
+        }
         if sealed is not None:
             spec["sealed"] = sealed
         current = await self._do(r.hget(self.keys.specs, stream))
@@ -95,6 +111,24 @@ class WorkList:
         """The URL a worker opens for a spec: unsealed with this process's source_key."""
         sealed = spec.get("sealed")
         return str(spec["url"]) if sealed is None else open_url(str(sealed), self.source_key)
+
+    async def forget(self, stream: str) -> None:
+        """Take the stream off the list with its status (its data was deleted)."""
+        r = await self._redis()
+        pipe = r.pipeline(transaction=True)
+        pipe.hdel(self.keys.specs, stream)
+        pipe.hdel(self.keys.status, stream)
+        await self._do(pipe.execute())
+
+    async def wait_released(self, stream: str, store: Any, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+        """Wait until no worker holds the stream's lease (it was just stopped), or say so."""
+        deadline = time.monotonic() + timeout
+        while await asyncio.to_thread(store.holder, stream) is not None:
+            if time.monotonic() > deadline:
+                raise StreamBusyError(
+                    f"Stream {stream} is still being stopped by its worker; try again shortly."
+                )
+            await asyncio.sleep(0.2)
 
     async def specs(self) -> dict[str, dict[str, Any]]:
         """Every stream on the list: url, realtime, wanted."""
@@ -135,14 +169,19 @@ class WorkList:
             )
         )
 
-    async def finish(self, stream: str, status: dict[str, Any], worker: str) -> None:
-        """A stream ended (source done, stopped or failed): off the list, status kept."""
+    async def finish(
+        self, stream: str, status: dict[str, Any], worker: str, *, keep: bool = True
+    ) -> None:
+        """A stream ended (source done, stopped or failed): off the list, its status kept
+        (keep=False: a stream withdrawn by a stop leaves no entry)."""
         r = await self._redis()
         pipe = r.pipeline(transaction=True)
         pipe.hdel(self.keys.specs, stream)
-        pipe.hset(
-            self.keys.status, stream, json.dumps({**status, "worker": worker, "at": time.time()})
-        )
+        if keep:
+            entry = json.dumps({**status, "worker": worker, "at": time.time()})
+            pipe.hset(self.keys.status, stream, entry)
+        else:
+            pipe.hdel(self.keys.status, stream)
         await self._do(pipe.execute())
 
     async def heartbeat(self, worker: str, info: dict[str, Any]) -> None:

@@ -16,10 +16,18 @@ from livesense.memory.search import check_stream as check_stream_id
 from livesense.memory.store_base import Store
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
-from livesense.stream.source import Source
+from livesense.pipeline.stream_start import StreamExistsError, plan_start
+from livesense.stream.source import Source, check_source_url
 from livesense.urls import shown_url
 
-__all__ = ["StreamManager", "TooManyStreams", "check_stream_id", "stream_id_for"]
+__all__ = [
+    "StreamExistsError",
+    "StreamManager",
+    "TooManyStreams",
+    "check_stream_id",
+    "plan_start",
+    "stream_id_for",
+]
 
 log = logging.getLogger("livesense.streams")
 
@@ -88,6 +96,8 @@ class StreamManager:
         self.max_streams = max_streams
         self.pipelines: dict[str, StreamPipeline] = {}
         self.tasks: dict[str, asyncio.Task[StreamStatus]] = {}
+        # the entry a running start replaced: put back if that start is refused
+        self._replaced: dict[str, tuple[StreamPipeline, asyncio.Task[StreamStatus]]] = {}
 
     def running(self) -> list[str]:
         return [sid for sid, task in self.tasks.items() if not task.done()]
@@ -99,8 +109,13 @@ class StreamManager:
         *,
         realtime: bool = False,
         source: Source | None = None,
+        append: bool = False,
+        base: int | None = None,
     ) -> StreamPipeline:
-        """Start ingesting `url` (or an already open `source`) as `stream`."""
+        """Start ingesting `url` (or an already open `source`) as `stream` (append, base: see
+        StreamPipeline)."""
+        if source is None:
+            check_source_url(url)
         stream = check_stream_id(stream or stream_id_for(url))
         if stream in self.running():
             raise QueryError(f"Stream {stream} is already being ingested; stop it first.")
@@ -116,7 +131,11 @@ class StreamManager:
             self.perception,
             realtime=realtime,
             source=source,
+            append=append,
+            base=base,
         )
+        if stream in self.pipelines:
+            self._replaced[stream] = (self.pipelines[stream], self.tasks[stream])
         self.pipelines[stream] = pipeline
         task = asyncio.create_task(pipeline.run(), name=f"stream-{stream}")
         self.tasks[stream] = task
@@ -135,6 +154,26 @@ class StreamManager:
         except TimeoutError:
             task.cancel()
             return pipeline.status
+
+    def forget(self, stream: str) -> None:
+        """Drop the entry of a stream that has ended, so that the list shows it no more."""
+        task = self.tasks.get(stream)
+        if task is not None and not task.done():
+            return
+        self.pipelines.pop(stream, None)
+        self.tasks.pop(stream, None)
+        self._replaced.pop(stream, None)
+
+    def withdraw(self, pipeline: StreamPipeline) -> None:
+        """Undo a start that was refused once its source was opened: the entry goes, and the
+        one it replaced (an earlier run of that stream id) comes back."""
+        stream = pipeline.stream
+        if self.pipelines.get(stream) is not pipeline:
+            return
+        replaced = self._replaced.pop(stream, None)
+        self.forget(stream)
+        if replaced is not None:
+            self.pipelines[stream], self.tasks[stream] = replaced
 
     def statuses(self) -> list[StreamStatus]:
         return [p.status for p in self.pipelines.values()]

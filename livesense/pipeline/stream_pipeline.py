@@ -35,6 +35,7 @@ from livesense.pipeline.persister import Persister
 from livesense.pipeline.queues import BoundedQueue, DropPolicy
 from livesense.pipeline.snippeter import Snippeter
 from livesense.pipeline.stages import END, AudioStage, EndOfQueue, Seen, ShedLevel, VisionStage
+from livesense.pipeline.stream_start import reuse_refusal, stored_end
 from livesense.pipeline.stream_state import StreamState
 from livesense.pipeline.supervisor import StageSupervisor
 from livesense.records import EndOfStream, Features, Gap, Snippet
@@ -108,7 +109,13 @@ class StreamPipeline:
         realtime: bool = False,
         on_record: Callable[[StreamStatus], None] | None = None,
         source: Source | None = None,
+        append: bool = False,
+        base: int | None = None,
     ) -> None:
+        """A live source continues after what the stream has stored. A recording (a file)
+        starts at snippet `base` when given (what is stored from there on is skipped: a
+        stream taken over from a worker that died); else at 0 for a new stream, after what is
+        stored with `append` (a gap marker between), and is refused without it."""
         self.stream = stream
         self.url = url
         self.settings = settings
@@ -118,6 +125,10 @@ class StreamPipeline:
         self.status = StreamStatus(stream=stream, url=shown_url(url))  # no credentials shown
         self.on_record = on_record
         self.source: Source | None = source  # given: already open (e.g. a WebRTC track)
+        self.append = append
+        self.base = base
+        self.failure: LivesenseError | None = None  # why the stream ended in error
+        self.opened = False  # the source was opened and accepted: the stream ran
         self._pools = {
             name: ThreadPoolExecutor(1, thread_name_prefix=f"ls-{name}-{stream}")
             for name in ("vision", "audio", "store")
@@ -136,8 +147,13 @@ class StreamPipeline:
         try:
             await self._run()
             if self.status.state.active:
-                self.status.move(StreamState.STOPPED if self._stopping else StreamState.DONE)
+                # a source that failed, or moments that could not be stored: never "done"
+                if self.status.error is not None:
+                    self.status.move(StreamState.ERROR)
+                else:
+                    self.status.move(StreamState.STOPPED if self._stopping else StreamState.DONE)
         except LivesenseError as e:
+            self.failure = e
             self.status.move(StreamState.ERROR)
             self.status.error = str(e)
         except asyncio.CancelledError:
@@ -163,7 +179,6 @@ class StreamPipeline:
 
     async def _run(self) -> None:
         s = self.settings
-        self.perception.load()
         if self.source is None:
             opener = functools.partial(
                 open_source,
@@ -188,9 +203,13 @@ class StreamPipeline:
                 first.close()
             self.source = first
         source = self.source
+        if not source.live:
+            self.base = await self._recording_base(source)
+        self.perception.load()  # once the source is known to be good (a no-op when loaded)
         self.status.live = source.live
         self.status.duration = source.duration
         self.status.move(StreamState.RUNNING)
+        self.opened = True
         policy = DropPolicy.DROP_OLDEST if source.live else DropPolicy.WAIT
         snippets: BoundedQueue[Snippet | EndOfQueue] = BoundedQueue(
             "snippets", s.queues.snippets, policy
@@ -205,6 +224,24 @@ class StreamPipeline:
             # A paced file holds speech back no longer than a live source does.
             tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
 
+    async def _recording_base(self, source: Source) -> int:
+        """Where a recording starts on the stream's clock (see __init__); a recording put
+        after stored moments gets a gap marker from their end to its start."""
+        stored = await asyncio.to_thread(self.store.next_index, self.stream)
+        base = self.base
+        if base is None:
+            if stored and not self.append:
+                end = await asyncio.to_thread(stored_end, self.store, self.stream)
+                raise reuse_refusal(self.stream, end)
+            base = stored
+        if base > 0:
+            seconds = self.settings.snippet.seconds
+            end = await asyncio.to_thread(stored_end, self.store, self.stream, base)
+            at = base * seconds
+            shown = getattr(source, "shown", None) or self.url
+            await self._mark_gap(Gap(min(end, at) if end else at, at, f"{shown} appended here"))
+        return base
+
     async def _produce(self, source: Source, out: BoundedQueue[Snippet | EndOfQueue]) -> None:
         snippeter = Snippeter(
             self.stream,
@@ -216,8 +253,12 @@ class StreamPipeline:
         reason: str | None = None
         # A restarted live stream whose clock starts again at 0 continues after what is
         # stored; a source that keeps its own timeline (a WebRTC reconnect) is left as it is,
-        # and a file restarts at 0 (the snippets already stored are skipped by the store).
-        stored = await asyncio.to_thread(self.store.next_index, self.stream) if source.live else 0
+        # and a recording starts at its base (the snippets already stored are skipped by the
+        # store: a stream taken over from a worker that died).
+        if source.live:
+            stored = await asyncio.to_thread(self.store.next_index, self.stream)
+        else:
+            stored = self.base or 0
         resume: int | None = None if stored else 0
         early: list[Gap] = []  # gaps seen before the first snippet fixed `resume`
 

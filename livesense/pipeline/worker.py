@@ -115,7 +115,7 @@ class Worker:
             elif spec is None or not spec.get("wanted"):
                 status = (await self.manager.stop(sid)).to_json()
                 stopped = {**status, "state": StreamState.STOPPED.value}
-                await self.work.finish(sid, stopped, self.id)
+                await self.work.finish(sid, stopped, self.id, keep=False)
                 await asyncio.to_thread(self.store.release, sid)
                 self._forget(sid)
                 ended.add(sid)
@@ -128,7 +128,7 @@ class Worker:
                 if sid not in self.manager.pipelines and await self._unowned(sid):
                     status = await self.work.status(sid) or {}
                     stopped = {**status, "state": StreamState.STOPPED.value}
-                    await self.work.finish(sid, stopped, self.id)
+                    await self.work.finish(sid, stopped, self.id, keep=False)
                 continue
             if sid in self.manager.pipelines or len(self.manager.running()) >= self.max_streams:
                 continue
@@ -140,7 +140,14 @@ class Worker:
                 await self.work.finish(sid, status, self.id)
                 continue
             if await asyncio.to_thread(self.store.acquire, sid):
-                pipeline = await self.manager.start(url, sid, realtime=bool(spec.get("realtime")))
+                base = spec.get("base")
+                pipeline = await self.manager.start(
+                    url,
+                    sid,
+                    realtime=bool(spec.get("realtime")),
+                    append=bool(spec.get("append")),
+                    base=None if base is None else int(base),
+                )
                 await self.work.report(sid, pipeline.status.to_json(), self.id)
                 log.info("worker %s took stream %s", self.id, sid)
         await self.work.heartbeat(

@@ -18,9 +18,16 @@ from livesense.errors import SourceError
 from livesense.stream.counters import SourceCounters
 from livesense.stream.handoff import Item
 from livesense.stream.options import SourceOptions
-from livesense.stream.pyav_source import open_pyav, pyav_reads_v4l2
+from livesense.stream.pyav_source import DEVICE_FORMATS, HTTP_SCHEMES, open_pyav, pyav_reads_v4l2
 
-__all__ = ["MediaSource", "Source", "SourceCounters", "SourceOptions", "open_source"]
+__all__ = [
+    "MediaSource", "Source", "SourceCounters", "SourceOptions", "check_source_url", "open_source"
+]  # fmt: skip
+
+SUPPORTED_SCHEMES = (
+    "file", *sorted(HTTP_SCHEMES), "rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "srt", "tcp",
+    *DEVICE_FORMATS,
+)  # fmt: skip
 
 
 @runtime_checkable
@@ -73,6 +80,23 @@ class Source(Protocol):
 MediaSource = Source  # another name for Source, for code that imports it by that name
 
 
+def check_source_url(url: str) -> str:
+    """The URL when livesense can read its scheme (a path has none), else SourceError with
+    the list of schemes it reads; cheap, so callers refuse a source before loading models."""
+    url = str(url)
+    if "://" not in url:
+        return url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SUPPORTED_SCHEMES:
+        shown = "".join(ch for ch in scheme[:20] if ch.isprintable())
+        listed = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+        raise SourceError(
+            f"livesense cannot read {shown}:// sources; give a file path or a URL starting "
+            f"with {listed}."
+        )
+    return url
+
+
 def open_source(
     url: str,
     *,
@@ -92,7 +116,7 @@ def open_source(
         realtime=realtime, fps=fps, max_side=max_side, queue_size=queue_size,
         rtsp_transport=rtsp_transport, timeout=timeout, limits=limits,
     )  # fmt: skip
-    url = str(url)  # a Path is welcome too
+    url = check_source_url(str(url))  # a Path is welcome too
     if url.lower().startswith("v4l2://") and not pyav_reads_v4l2():
         from livesense.stream.capture import CaptureSource  # OpenCV loads only for devices
 
