@@ -37,7 +37,9 @@ def article(word: str) -> str:
 
 def object_phrase(obj: SeenObject) -> str:
     """'a red motorcycle', 'two people', 'an orange cat'."""
-    color = f"{obj.color} " if obj.color and obj.color not in ("grey", "black", "white") else ""
+    plain = ("grey", "black", "white")
+    # A person's colour is their clothes': "a red person" reads wrong, so people get none.
+    color = f"{obj.color} " if obj.color and obj.color not in plain and obj.label != "person" else ""
     if obj.count > 1:
         n = _NUMBERS[obj.count] if obj.count < len(_NUMBERS) else str(obj.count)
         return f"{n} {color}{plural(obj.label)}"
