@@ -39,7 +39,8 @@ def object_phrase(obj: SeenObject) -> str:
     """'a red motorcycle', 'two people', 'an orange cat'."""
     plain = ("grey", "black", "white")
     # A person's colour is their clothes': "a red person" reads wrong, so people get none.
-    color = f"{obj.color} " if obj.color and obj.color not in plain and obj.label != "person" else ""
+    colored = obj.color and obj.color not in plain and obj.label != "person"
+    color = f"{obj.color} " if colored else ""
     if obj.count > 1:
         n = _NUMBERS[obj.count] if obj.count < len(_NUMBERS) else str(obj.count)
         return f"{n} {color}{plural(obj.label)}"
