@@ -92,8 +92,19 @@ class ObjectTracker:
         return sorted(spans, key=lambda s: s.id)
 
     def carry(self, t: float) -> list[TrackSpan]:
-        """The picture has not changed: every live track is still in view at `t`."""
+        """The picture has not changed since the last look: what was in view still is (at
+        `t`), and what was missing then misses once more."""
+        spans: list[TrackSpan] = []
+        alive: list[_Track] = []
         for tr in self._tracks:
             if tr.missed == 0:
                 tr.last = t
-        return [TrackSpan(tr.id, tr.label, tr.since) for tr in self._tracks if tr.missed == 0]
+                spans.append(TrackSpan(tr.id, tr.label, tr.since))
+            else:
+                tr.missed += 1
+                if tr.missed > self.patience:
+                    spans.append(TrackSpan(tr.id, tr.label, tr.since, tr.last))
+                    continue
+            alive.append(tr)
+        self._tracks = alive
+        return sorted(spans, key=lambda s: s.id)
