@@ -73,7 +73,8 @@ def test_what_lasted_is_one_span_whatever_the_modality() -> None:
 def test_a_seen_object_is_told_with_its_span() -> None:
     cat = Evidence(objects=[SeenObject("cat", 1, 0.7, (0, 0, 50, 50), "orange")])
     moments = run([Evidence()] * 4 + [cat] * 4 + [Evidence()])
-    answer = compose_answer("was there a cat?", [best_of(moments, 5)], neighbour=neighbours(moments))
+    near = neighbours(moments)
+    answer = compose_answer("was there a cat?", [best_of(moments, 5)], neighbour=near)
     assert answer.text == "An orange cat was on screen from 0:08 to 0:16."
     two = Evidence(objects=[SeenObject("person", 2, 0.8, (0, 0, 50, 50), "red")])
     answer = compose_answer("two people", [replace(run([two])[0], score=0.5)])
