@@ -170,3 +170,49 @@ def test_missing_model_file_is_one_sentence_and_the_snippet_keeps_the_rest(
     assert "objects" in perception.missing and "export_efficientnet_lite0" in perception.missing[
         "scene"
     ]
+
+
+def test_vision_models_are_in_the_engine_list_with_fixed_input_shapes() -> None:
+    from livesense.config import Settings
+    from livesense.engines.engine import onnx_inputs
+    from livesense.engines.engine_factory import EngineFactory
+    from livesense.engines.model_registry import pipeline_specs
+
+    specs = {s.name: s for s in pipeline_specs(Settings())}
+    factory = EngineFactory(device="cpu")
+    try:
+        for name, side in (("detect-nanodet", 416), ("scene-effnet", 224)):
+            spec = specs[name]
+            shape = (3, side, side)
+            assert spec.profile(8, onnx_inputs(spec.path)) == {
+                "image": ((1, *shape), (4, *shape), (8, *shape))
+            }
+            engine = factory.engine(spec)
+            outputs = engine.run({"image": np.zeros((2, *shape), np.float32)})
+            assert all(np.asarray(o).shape[0] == 2 for o in outputs)  # a dynamic batch
+    finally:
+        factory.close()
+
+
+def test_a_weak_detection_does_not_outrank_a_strong_one(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from livesense.engines.text import shared_text_embedder
+    from livesense.memory.store import MemoryStore
+    from livesense.pipeline.combiner import EvidenceCombiner
+
+    def seen(*objects: tuple[str, float]) -> Features:
+        return Features(objects=[Detection(k, p, (0, 0, 50, 50), 1.0) for k, p in objects])
+
+    combiner = EvidenceCombiner(shared_text_embedder())
+    moments = [seen(("dog", 0.8)), seen(("cat", 0.8), ("dog", 0.35)), seen(("chair", 0.9))]
+    snippets = [Snippet("cam", i, 2.0 * i, 2.0 * i + 2) for i in range(3)]
+    store = MemoryStore(Path(str(tmp_path)))
+    try:
+        for record in combiner.combine_batch(snippets, moments):
+            store.add(record)
+        hits = store.search("a dog", top_k=3)
+        assert [h.index for h in hits[:2]] == [0, 1] and hits[0].score > hits[1].score
+        assert store.search("a cat", top_k=1)[0].index == 1
+    finally:
+        store.close()
