@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -91,6 +92,28 @@ def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def canonical_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Renumber tf2onnx's counter-named constants ("roi__105") in order of first use, and
+    order the weights by name, so that two conversions give the same bytes."""
+    graph = model.graph
+    weights = {i.name for i in graph.initializer}
+    names: dict[str, str] = {}
+    for node in graph.node:
+        for x in node.input:
+            m = re.fullmatch(r"(.*)__\d+", x)
+            if x in weights and m and x not in names:
+                names[x] = f"{m.group(1)}__k{len(names)}"
+    for node in graph.node:
+        node.input[:] = [names.get(x, x) for x in node.input]
+    for init in graph.initializer:
+        init.name = names.get(init.name, init.name)
+    ordered = sorted(graph.initializer, key=lambda i: i.name)
+    copies = [onnx.TensorProto.FromString(i.SerializeToString()) for i in ordered]
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
+    return model
+
+
 def rename_io(model: onnx.ModelProto) -> onnx.ModelProto:
     """Plain names: input 'image', outputs cls8/cls16/cls32/box8/box16/box32."""
     names = dict(RENAMES)
@@ -128,8 +151,9 @@ def main() -> None:
             check=True,
         )
         # The TF.js weights are float16 already: storing them so loses nothing.
-        model = fp16_weights(rename_io(dynamic_batch(onnx.load(raw))))
+        model = fp16_weights(canonical_names(rename_io(dynamic_batch(onnx.load(raw)))))
         model.producer_name = "livesense tools/convert_nanodet.py"
+        model.graph.doc_string = f"converted from {PACKAGE} {MEMBERS[0]}"  # not the temp path
         onnx.checker.check_model(model)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, args.out)
