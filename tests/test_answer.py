@@ -79,6 +79,9 @@ def test_a_seen_object_is_told_with_its_span() -> None:
     two = Evidence(objects=[SeenObject("person", 2, 0.8, (0, 0, 50, 50), "red")])
     answer = compose_answer("two people", [replace(run([two])[0], score=0.5)])
     assert answer.text == "Two people were on screen from 0:00 to 0:02."
+    weak = Evidence(objects=[SeenObject("dog", 1, 0.35, (0, 0, 50, 50), "")])
+    answer = compose_answer("a dog", [replace(run([weak])[0], score=0.5)])
+    assert answer.text == "A dog may have been on screen from 0:00 to 0:02."
 
 
 def test_a_clear_closest_moment_answers_below_the_threshold() -> None:

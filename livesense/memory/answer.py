@@ -168,6 +168,7 @@ class Aspect:
     kind: str
     key: str
     words: str
+    sure: bool = True  # False for a detection below STRONG: it "may have been" there
 
     def holds(self, ev: Evidence) -> bool:
         """Whether a moment shows or sounds this too."""
@@ -188,6 +189,8 @@ class Aspect:
         if self.kind == "scene":
             return f"The picture showed {self.words} {span}."
         verb = "were" if self.words.split(" ", 1)[0] not in ("a", "an") else "was"
+        if not self.sure:
+            verb = "may have been"
         return f"{self.words[:1].upper()}{self.words[1:]} {verb} on screen {span}."
 
 
@@ -197,7 +200,9 @@ def _ocr_key(ev: Evidence) -> str:
 
 def aspects(ev: Evidence, quote: bool) -> list[Aspect]:
     """What a moment shows and sounds, beyond its words."""
-    out: list[Aspect] = [Aspect("seen", o.label, object_phrase(o)) for o in ev.objects]
+    out: list[Aspect] = [
+        Aspect("seen", o.label, object_phrase(o), o.score >= STRONG) for o in ev.objects
+    ]
     top = [k for k, v in sorted(ev.scene.items(), key=lambda kv: -kv[1]) if v >= SCENE_MIN]
     if top:
         out.append(Aspect("scene", top[0], " or ".join(f"{article(k)} {k}" for k in top[:2])))

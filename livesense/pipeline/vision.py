@@ -200,6 +200,7 @@ class VisionPerception:
                 scene = self._guard("scene", features, {}, lambda: self._scene(key))
         if detected:
             features.tracks = self.tracker.update(objects, t)
+        if detected or (self.detector is None and scene):
             self._seen_view, self._seen = key, (objects, scene)
         features.objects = objects
         features.scene = scene
