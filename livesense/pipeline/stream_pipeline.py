@@ -281,7 +281,7 @@ class StreamPipeline:
         vision = StageSupervisor(
             "vision",
             self.stream,
-            functools.partial(self.perception.vision_stage, self.stream),
+            self.perception.vision_stage,
             max_restarts=r.stage_restarts,
             rest=r.stage_rest,
         )

@@ -131,6 +131,7 @@ class VisionPerception:
 
     def _process(self, snippet: Snippet, features: Features, shed: int) -> None:
         t0 = time.perf_counter()
+        self.stream = snippet.stream  # the shared batchers keep each stream's requests apart
         frames = snippet.frames
         if shed >= 2:
             frames = [frames[len(frames) // 2]]
