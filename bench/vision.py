@@ -7,8 +7,9 @@ picture every 7.5 s) and on a busy 720p30 clip (a new picture every 2 s snippet,
 run on every snippet): bare `ffmpeg` decoding, then ingest with every default model but the
 two vision models, then with them (the default). Ingest speed is reported as x real time and
 as a ratio to bare ffmpeg in the same run, since the machine may be shared. The detector's
-and the classifier's cost per snippet and per call come from their own counters. With --webrtc N, N WebRTC publishers are
-run (bench.webrtc) with the vision models off and on. Writes bench/results/vision.json.
+and the classifier's cost per snippet and per call come from their own counters. With
+--webrtc N, N WebRTC publishers are run (bench.webrtc) with the vision models off and on.
+Writes bench/results/vision.json.
 """
 
 from __future__ import annotations
