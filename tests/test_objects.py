@@ -216,3 +216,21 @@ def test_a_weak_detection_does_not_outrank_a_strong_one(tmp_path: object) -> Non
         assert store.search("a cat", top_k=1)[0].index == 1
     finally:
         store.close()
+
+
+def test_evidence_with_objects_survives_the_stores_json() -> None:
+    from livesense.memory.store import evidence_from_json, evidence_to_json
+    from livesense.records import Evidence, SeenObject, TrackSpan
+
+    ev = Evidence(
+        objects=[SeenObject("motorcycle", 1, 0.79, (70.5, 55.0, 658.0, 422.0), "red")],
+        scene={"moped": 0.48},
+        tracks=[TrackSpan(3, "motorcycle", 4.5), TrackSpan(1, "cat", 0.5, 2.5)],
+    )
+    back = evidence_from_json(evidence_to_json(ev))
+    assert back == ev
+    assert back.to_json()["objects"] == [
+        {"label": "motorcycle", "count": 1, "score": 0.79, "box": [70.5, 55.0, 658.0, 422.0],
+         "color": "red"}
+    ]
+    assert evidence_from_json('{"transcript": "older moment"}').objects == []  # stored before
