@@ -545,8 +545,16 @@ PHOTOS = {
 
 
 def photo(name: str) -> np.ndarray:
-    """A real photograph shipped inside scikit-image (RGB uint8)."""
+    """A real photograph shipped inside scikit-image (RGB uint8); "a+b" puts two side by side
+    at the same height (two people: "astronaut+camera")."""
     from skimage import data
+
+    if "+" in name:
+        parts = [photo(p) for p in name.split("+")]
+        h = min(p.shape[0] for p in parts)
+        return np.hstack(
+            [cv2.resize(p, (round(p.shape[1] * h / p.shape[0]), h)) for p in parts]
+        )
 
     if name == "motorcycle_left":
         return np.asarray(data.stereo_motorcycle()[0])

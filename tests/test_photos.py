@@ -18,16 +18,17 @@ from tests.conftest import livesense
 from tests.media import make_photo_clip
 
 SHOTS = [("chelsea", 4.0), ("motorcycle_left", 4.0), ("coffee", 4.0), ("astronaut", 4.0),
-         ("rocket", 4.0)]  # fmt: skip
+         ("rocket", 4.0), ("astronaut+camera", 4.0)]  # fmt: skip
 MUSIC = (12.0, 20.0)
-WHERE = {"cat": (0, 4), "motorcycle": (4, 8), "coffee": (8, 12), "person": (12, 16),
-         "rocket": (16, 20)}  # fmt: skip
+WHERE = {"cat": [(0, 4)], "motorcycle": [(4, 8)], "coffee": [(8, 12)],
+         "person": [(12, 16), (20, 24)], "rocket": [(16, 20)], "two": [(20, 24)]}  # fmt: skip
 COCO_QUESTIONS = [
     ("a cat", "cat"),
     ("a red motorcycle", "motorcycle"),
     ("bike", "motorcycle"),
     ("a cup of coffee", "coffee"),
     ("a person", "person"),
+    ("two people", "two"),
 ]
 OTHER_QUESTIONS = [("a rocket", "rocket")]
 _TIME = re.compile(r"\b(\d+):(\d\d)\b")
@@ -58,8 +59,8 @@ def top_start(memory: Path, query: str) -> float:
 def test_plain_visual_questions_find_the_right_picture(memory: Path) -> None:
     right = []
     for query, what in COCO_QUESTIONS + OTHER_QUESTIONS:
-        lo, hi = WHERE[what]
-        right.append(lo <= top_start(memory, query) < hi)
+        start = top_start(memory, query)
+        right.append(any(lo <= start < hi for lo, hi in WHERE[what]))
     coco = right[: len(COCO_QUESTIONS)]
     assert sum(coco) >= 0.8 * len(coco), list(zip(COCO_QUESTIONS, coco, strict=True))
 
@@ -91,22 +92,24 @@ def test_ask_names_the_time_of_what_was_seen_and_heard_as_one_span(memory: Path)
     music = ask(memory, "when was music playing?")
     assert "music" in music.lower() and times(music) == [12, 20], music  # one span, not four
     person = ask(memory, "when was a person on screen?")
-    assert times(person)[:2] == [12, 16], person
+    assert times(person)[:2] in ([12, 16], [20, 24]), person
 
 
 def test_timeline_moments_carry_their_objects(memory: Path) -> None:
     result = livesense("timeline", "--stream", "photos", "--memory", str(memory), "--json")
     moments = json.loads(result.stdout)["moments"]
-    assert len(moments) == 10
+    assert len(moments) == 12
     labels = [{o["label"] for o in m["objects"]} for m in moments]
     assert "cat" in labels[0] and "motorcycle" in labels[2] and "person" in labels[6]
+    counts = {o["label"]: o["count"] for o in moments[10]["objects"]}
+    assert counts.get("person", 0) >= 2, moments[10]  # two people at once (or more)
     assert "seen" in moments[0]["summary"]
 
 
 async def test_standing_query_for_a_person_fires_when_the_person_appears(memory: Path) -> None:
     store = MemoryStore(memory, readonly=True)
     try:
-        records = [store.get("photos", i) for i in range(10)]
+        records = [store.get("photos", i) for i in range(12)]
     finally:
         store.close()
     hub = WatchHub()
