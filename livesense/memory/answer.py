@@ -301,7 +301,7 @@ def compose_answer(
             break
         if any(s == hit.stream and a <= hit.start < b for s, a, b in covered):
             continue
-        where = f" in stream {hit.stream}" if several or n else ""
+        where = f" in stream {hit.stream}" if several else ""
         lead = _lead(question, hit, embedder, qvec)
         if lead is not None:
             start, end = span(hit, lead, neighbour)
