@@ -210,10 +210,21 @@ MODELS_OFF = {
     "perception.ocr": False,
     "perception.faces": False,
     "perception.events": False,
+    "perception.objects": False,
+    "perception.scenes": False,
 }
 
 
-def run(publishers: int, seconds: float, work: Path, *, models: bool = True) -> dict[str, Any]:
+def run(
+    publishers: int,
+    seconds: float,
+    work: Path,
+    *,
+    models: bool = True,
+    extra: dict[str, Any] | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """One measured run; `extra` settings (e.g. the vision models off) and its `label`."""
     import uvicorn
     from PIL import Image
 
@@ -225,10 +236,11 @@ def run(publishers: int, seconds: float, work: Path, *, models: bool = True) -> 
     from livesense.pipeline.perception import Perception
     from livesense.stream.webrtc import WebRTCSource
 
-    memory = work / f"memory-{publishers}-{'models' if models else 'bare'}"
+    memory = work / f"memory-{publishers}-{label or ('models' if models else 'bare')}"
     overrides: dict[str, Any] = {"webrtc.max_publishers": max(8, publishers)}
     if not models:
         overrides.update(MODELS_OFF)
+    overrides.update(extra or {})
     settings = load_settings(memory=memory, **overrides)
     hub = WatchHub()
     store = MemoryStore(memory, settings.store, hub=hub)
@@ -294,7 +306,8 @@ def run(publishers: int, seconds: float, work: Path, *, models: bool = True) -> 
         publishers, seconds, settings.snippet.seconds, bound, published, stored, anchors,
         statuses, cpu / max(1e-6, w1 - w0), lags, Image,
     )
-    return {"models": "default" if models else "none (ingest path only)", **result}
+    name = label or ("default" if models else "none (ingest path only)")
+    return {"models": name, **result}
 
 
 def summarise(
@@ -417,7 +430,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "publisher": f"aiortc, {SIZE[0]}x{SIZE[1]} VP8 (pre-encoded) at {FPS} fps + Opus, "
         "in a child process",
-        "models": "defaults (Whisper tiny.en, VAD, audio events, OCR, faces)",
+        "models": "defaults (Whisper tiny.en, VAD, audio events, OCR, faces, objects, scenes)",
         "max_publishers_held_default_models": max(held) if held else 0,
         "runs": runs,
     }

@@ -61,6 +61,14 @@ class PerceptionSettings(BaseModel):
         10.0, description="Run OCR at least this often (s) on a still picture that changed."
     )
     faces: bool = True
+    objects: bool = Field(True, description="Detect COCO-80 objects (NanoDet-m) on keyframes.")
+    object_min_score: float = Field(
+        0.3, ge=0.0, le=1.0, description="Detections scoring below this are not kept."
+    )
+    scenes: bool = Field(
+        True, description="Classify each keyframe's scene (EfficientNet-Lite0, ImageNet-1k)."
+    )
+    scene_top: int = Field(3, ge=1, le=10, description="Scene labels kept per snippet.")
     keyframe_quality: int = 80
     clip_image: str | None = Field(None, description="Local ONNX file of a CLIP image tower.")
     clip_text: str | None = Field(None, description="Local ONNX file of a CLIP text tower.")

@@ -86,6 +86,57 @@ class OcrLine:
 
 
 @dataclass(slots=True)
+class Detection:
+    """One detected object in one frame; box is (x1, y1, x2, y2) in pixels of the frame."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    t: float
+    color: str = ""  # the box's dominant colour, by name ("red"), "" when unknown
+    track: int = 0  # the track it belongs to (same object across frames and snippets)
+
+
+@dataclass(slots=True)
+class SeenObject:
+    """What a moment shows of one object class: how many at once, the best of them."""
+
+    label: str
+    count: int
+    score: float
+    box: tuple[float, float, float, float]
+    color: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "count": int(self.count),
+            "score": round(float(self.score), 3),
+            "box": [round(float(v), 1) for v in self.box],
+            "color": self.color,
+        }
+
+
+@dataclass(slots=True)
+class TrackSpan:
+    """An object followed across frames and snippets: in view since `since`; `until` is set
+    in the snippet where it left (the time it was last seen)."""
+
+    id: int
+    label: str
+    since: float
+    until: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": int(self.id),
+            "label": self.label,
+            "since": round(float(self.since), 3),
+            "until": None if self.until is None else round(float(self.until), 3),
+        }
+
+
+@dataclass(slots=True)
 class Features:
     """What perception found in one snippet. Empty fields mean nothing was found."""
 
@@ -100,6 +151,9 @@ class Features:
     motion: float = 0.0
     colors: list[str] = field(default_factory=list)  # dominant colours, "#rrggbb"
     keyframe: bytes | None = None  # JPEG
+    objects: list[Detection] = field(default_factory=list)  # detector output, all frames looked at
+    scene: dict[str, float] = field(default_factory=dict)  # top scene labels -> probability
+    tracks: list[TrackSpan] = field(default_factory=list)  # in view now, or left in this snippet
     image_embedding: np.ndarray | None = None  # CLIP slot
     audio_embedding: np.ndarray | None = None  # CLAP slot
     skipped: list[str] = field(default_factory=list)  # stages shed or failed
@@ -124,6 +178,9 @@ class Evidence:
     colors: list[str] = field(default_factory=list)
     loudness_db: float = -120.0
     speech_ratio: float = 0.0
+    objects: list[SeenObject] = field(default_factory=list)  # best score first
+    scene: dict[str, float] = field(default_factory=dict)
+    tracks: list[TrackSpan] = field(default_factory=list)
 
     def ocr_texts(self) -> list[str]:
         return [line.text for line in self.ocr]
@@ -136,6 +193,9 @@ class Evidence:
             "events": {k: round(float(v), 3) for k, v in self.events.items()},
             "faces": int(self.faces),
             "keyframe": self.keyframe,
+            "objects": [o.to_json() for o in self.objects],
+            "scene": {k: round(float(v), 3) for k, v in self.scene.items()},
+            "tracks": [t.to_json() for t in self.tracks],
         }
 
 

@@ -575,3 +575,86 @@ class RtspServer:
             for rtp, rtcp in pairs:
                 rtp.close()
                 rtcp.close()
+
+
+PHOTOS = {
+    # skimage.data name -> what the picture shows
+    "chelsea": "a cat",
+    "motorcycle_left": "a red motorcycle in a garage",
+    "coffee": "a cup of coffee",
+    "astronaut": "a person (an astronaut)",
+    "rocket": "a rocket on its launch pad",
+}
+
+
+def photo(name: str) -> np.ndarray:
+    """A real photograph shipped inside scikit-image (RGB uint8); "a+b" puts two side by side
+    at the same height (two people: "astronaut+camera")."""
+    from skimage import data
+
+    if "+" in name:
+        parts = [photo(p) for p in name.split("+")]
+        h = min(p.shape[0] for p in parts)
+        return np.hstack(
+            [cv2.resize(p, (round(p.shape[1] * h / p.shape[0]), h)) for p in parts]
+        )
+
+    if name == "motorcycle_left":
+        return np.asarray(data.stereo_motorcycle()[0])
+    img = np.asarray(getattr(data, name)())
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img[:, :, :3]
+
+
+def make_photo_clip(
+    path: str | Path,
+    shots: list[tuple[str, float]],
+    *,
+    size: tuple[int, int] = (640, 360),
+    fps: int = 10,
+    music: tuple[float, float] | None = None,
+) -> Path:
+    """An H.264 + AAC clip of photographs shown one after another, each for its seconds,
+    fitted into the frame on black (no text); silent, or a C major chord (music) between the
+    two times of `music`."""
+    path = Path(path)
+    w, h = size
+    rate = 48_000
+    total = sum(s for _, s in shots)
+    t = np.arange(int(total * rate)) / rate
+    audio = np.zeros(len(t), np.float32)
+    if music is not None:
+        on = (t >= music[0]) & (t < music[1])
+        notes = (261.63, 329.63, 392.0, 523.25)
+        audio[on] = sum(0.1 * np.sin(2 * np.pi * f * t[on]) for f in notes)
+    cards = []
+    for name, _ in shots:
+        img = photo(name)
+        scale = min(w / img.shape[1], h / img.shape[0])
+        small = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)))
+        card = np.zeros((h, w, 3), np.uint8)
+        y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
+        card[y : y + small.shape[0], x : x + small.shape[1]] = small
+        cards.append(card)
+    bounds = np.cumsum([s for _, s in shots])
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height = size
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "veryfast", "crf": "20"}
+        aus = out.add_stream("aac", rate=rate)
+        aus.layout = "mono"
+        for i in range(int(total * fps)):
+            k = int(np.searchsorted(bounds, i / fps, side="right"))
+            frame = av.VideoFrame.from_ndarray(cards[k], "rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode())
+        for i in range(0, len(audio), 1024):
+            af = av.AudioFrame.from_ndarray(audio[None, i : i + 1024], format="flt", layout="mono")
+            af.sample_rate = rate
+            af.pts = i
+            af.time_base = Fraction(1, rate)
+            out.mux(aus.encode(af))
+        out.mux(aus.encode())
+    return path

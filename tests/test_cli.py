@@ -29,7 +29,9 @@ def test_search_json_finds_spoken_and_shown_moments(sample_memory: Path) -> None
     assert 1 <= len(hits) <= 3
     top = hits[0]
     assert set(top) == {"stream", "start", "end", "score", "evidence"}
-    assert set(top["evidence"]) == {"transcript", "ocr", "events", "faces", "keyframe"}
+    assert set(top["evidence"]) == {
+        "transcript", "ocr", "events", "faces", "keyframe", "objects", "scene", "tracks"
+    }
     assert top["stream"] == "sample"
     assert top["end"] <= 7.5  # the Rome scene is the first 7 s
     said = top["evidence"]["transcript"].lower()

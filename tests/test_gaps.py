@@ -150,7 +150,7 @@ def test_embedded_store_keeps_gap_markers_across_restarts(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)["moments"]
     assert shown == before
-    assert all(set(m) == {"start", "end", "tier", "summary"} for m in shown)
+    assert all(set(m) == {"start", "end", "tier", "summary", "objects"} for m in shown)
     gap = next(m for m in shown if m["tier"] == "gap")
     assert gap["start"] == 19.6 and gap["end"] == 30.4 and REASON in gap["summary"]
 

@@ -304,3 +304,31 @@ def test_api_docs_render_from_local_files(browser: Cdp, tmp_path: Path) -> None:
         assert "/v1/search" in browser.js("document.body.textContent")
         sources = browser.js("performance.getEntriesByType('resource').map(e => e.name)")
         assert sources and all(s.startswith(live.url) for s in sources), sources
+
+
+@pytest.mark.slow
+def test_page_shows_what_was_seen_as_tags_and_boxes(browser: Cdp, tmp_path: Path) -> None:
+    from tests.conftest import livesense
+    from tests.media import make_photo_clip
+
+    clip = make_photo_clip(tmp_path / "photos.mp4", [("chelsea", 2.0), ("motorcycle_left", 2.0)])
+    memory = tmp_path / "memory"
+    done = livesense("ingest", str(clip), "--memory", str(memory), "--stream", "photos")
+    assert done.returncode == 0, done.stderr
+    with LiveServer(server_settings(memory)) as live:
+        cdp = browser
+        cdp.call("Page.navigate", url=f"{live.url}/?token={TOKEN}&stream=photos")
+        tags = cdp.until(
+            "(() => { const t = [...document.querySelectorAll('#timeline .tag.obj')]"
+            ".map(e => e.textContent); return t.length >= 2 && t })()",
+            30, "object tags on the moments",
+        )
+        assert "cat" in tags and "motorcycle" in tags, tags
+        cdp.js("[...document.querySelectorAll('#timeline .moment-row')].pop().click()")
+        boxes = cdp.until(
+            "(() => { const b = [...document.querySelectorAll('#moment-boxes .box')];"
+            " return b.length && b.map(e => [e.textContent, e.offsetWidth, e.offsetHeight]) })()",
+            20, "boxes over the keyframe",
+        )
+        assert boxes[0][0].startswith("cat") and boxes[0][1] > 100 and boxes[0][2] > 50, boxes
+        cdp.screenshot(ARTIFACTS / "page-objects.png")

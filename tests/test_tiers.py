@@ -138,6 +138,6 @@ def test_embedded_store_timeline_tiles_and_survives_reopen(tmp_path: Path) -> No
     result = livesense("timeline", "--stream", "cam", "--memory", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     moments_json = json.loads(result.stdout)["moments"]
-    assert [set(m) for m in moments_json] == [{"start", "end", "tier", "summary"}] * 40
+    assert [set(m) for m in moments_json] == [{"start", "end", "tier", "summary", "objects"}] * 40
     assert moments_json[0]["start"] == 0.0 and moments_json[-1]["end"] == 840.0
     assert {m["tier"] for m in moments_json} == {RECENT, KEY, CONSOLIDATED}

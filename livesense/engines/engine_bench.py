@@ -28,8 +28,10 @@ from livesense.engines.engine_factory import EngineFactory
 from livesense.engines.model_spec import (
     CLIP_IMAGE,
     CLIP_TEXT,
+    DETECT,
     OCR_DET,
     OCR_REC,
+    SCENE,
     TEXT,
     VAD,
     ModelSpec,
@@ -295,6 +297,8 @@ def workload(name: str, engine: Engine) -> Workload:
         return _rec_work()
     if name == OCR_DET:
         return _det_work()
+    if name in (DETECT, SCENE):
+        return _picture_work(name)
     if name == CLIP_IMAGE:
         info = engine.inputs()[0]
         h, w = (d if isinstance(d, int) and d > 0 else 224 for d in info.shape[2:4])
@@ -313,6 +317,26 @@ def workload(name: str, engine: Engine) -> Workload:
         edges = (8, 16, 32, 77)
         return Workload(texts, group_key=lambda f: bucket(f["input_ids"].shape[1], edges))
     raise ValueError(f"no benchmark workload for {name}")
+
+
+def _picture_work(name: str) -> Workload:
+    """Camera-like frames (a street of coloured blocks and a face-sized disc, 640x360, each a
+    little different) as the detector or the scene classifier takes them."""
+    from livesense.engines.detector import letterbox
+    from livesense.engines.scene import scene_input
+
+    rng = np.random.default_rng(0)
+    items: list[Feeds] = []
+    for k in range(8):
+        img = np.full((360, 640, 3), 90 + 10 * k, np.uint8)
+        for _ in range(6):
+            x, y = int(rng.integers(0, 560)), int(rng.integers(0, 280))
+            color = tuple(int(c) for c in rng.integers(0, 255, 3))
+            cv2.rectangle(img, (x, y), (x + 80, y + 80), color, -1)
+        cv2.circle(img, (320, 180), 40, (200, 170, 150), -1)
+        picture = letterbox(img)[0] if name == DETECT else scene_input(img)
+        items.append({"image": picture[None]})
+    return Workload(items)
 
 
 def _text_work(engine: Engine) -> Workload:

@@ -18,8 +18,10 @@ from livesense.engines.model_spec import (
     ModelSpec,
     clip_image_spec,
     clip_text_spec,
+    detect_spec,
     ocr_det_spec,
     ocr_rec_spec,
+    scene_spec,
     text_spec,
     vad_spec,
 )
@@ -79,6 +81,10 @@ def pipeline_specs(settings: Settings, names: list[str] | None = None) -> list[M
     specs = [text_spec(), vad_spec()]
     if p.ocr or names:
         specs += [ocr_det_spec(max_side=p.ocr_max_side), ocr_rec_spec()]
+    if p.objects or names:
+        specs.append(detect_spec())
+    if p.scenes or names:
+        specs.append(scene_spec())
     clip = clip_paths(settings)
     if clip is not None:
         specs += [clip_image_spec(clip[0]), clip_text_spec(clip[1])]

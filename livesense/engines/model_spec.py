@@ -35,12 +35,16 @@ OCR_DET = "ocr-det"
 OCR_REC = "ocr-rec"
 CLIP_IMAGE = "clip-image"
 CLIP_TEXT = "clip-text"
+DETECT = "detect-nanodet"
+SCENE = "scene-effnet"
 
 TEXT_MAX_TOKENS = 128
 VAD_SAMPLES = 576  # 64 samples of context + one 512-sample window
 OCR_REC_HEIGHT = 48
 OCR_REC_MIN_WIDTH = 320
 OCR_REC_MAX_WIDTH = 2048
+DETECT_SIDE = 416  # NanoDet-m's fixed square input
+SCENE_SIDE = 224  # EfficientNet-Lite0's fixed square input
 TEXT_LENGTHS = (8, 16, 32, 64, 128)
 """Token-length buckets of the text embedder."""
 OCR_REC_WIDTHS = (320, 480, 640, 800, 960, 1280, 1600, 2048)
@@ -345,3 +349,37 @@ def clip_text_spec(path: Path, max_tokens: int = 77) -> ModelSpec:
         return {i.name: shapes for i in inputs} or {"input_ids": shapes}
 
     return ModelSpec(CLIP_TEXT, path, profile, "CLIP-family text tower")
+
+
+def _square(name: str, side: int) -> Callable[[int, list[TensorInfo]], Profile]:
+    """A profile for a fixed (side x side) image input: only the batch varies."""
+
+    def profile(b: int, inputs: list[TensorInfo]) -> Profile:
+        shape = (3, side, side)
+        return {name: ((1, *shape), (max(1, b // 2), *shape), (b, *shape))}
+
+    return profile
+
+
+def detect_spec(path: Path | None = None) -> ModelSpec:
+    from livesense.engines.models import nanodet_onnx
+
+    return ModelSpec(
+        DETECT,
+        path or nanodet_onnx(),
+        _square("image", DETECT_SIDE),
+        f"NanoDet-m COCO-80 object detector, {DETECT_SIDE}x{DETECT_SIDE} BGR",
+        {"side": str(DETECT_SIDE)},
+    )
+
+
+def scene_spec(path: Path | None = None) -> ModelSpec:
+    from livesense.engines.models import scene_onnx
+
+    return ModelSpec(
+        SCENE,
+        path or scene_onnx(),
+        _square("image", SCENE_SIDE),
+        f"EfficientNet-Lite0 ImageNet-1k classifier, {SCENE_SIDE}x{SCENE_SIDE} RGB",
+        {"side": str(SCENE_SIDE)},
+    )

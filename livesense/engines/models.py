@@ -99,3 +99,34 @@ def haar_face_cascade() -> Path:
     if not path.is_file():
         raise missing
     return path
+
+
+VISION_MODELS = Path(__file__).resolve().parents[1] / "models"
+"""The vision models kept with the package (see PROVENANCE.json there)."""
+
+
+def vision_model(name: str, what: str, script: str) -> Path:
+    """A vision model file kept in livesense/models/, checked to exist."""
+    path = VISION_MODELS / name
+    if not path.is_file():
+        raise ModelMissingError(
+            f"{what} needs {path}, which is missing: reinstall livesense from its repository "
+            f"(the file is kept there), or rebuild it with 'python tools/{script}'."
+        )
+    return path
+
+
+def nanodet_onnx() -> Path:
+    return vision_model("detect-nanodet-m.onnx", "Object detection", "convert_nanodet.py")
+
+
+def scene_onnx() -> Path:
+    return vision_model(
+        "scene-effnet-lite0.onnx", "Scene classification", "export_efficientnet_lite0.py"
+    )
+
+
+def imagenet_labels() -> Path:
+    return vision_model(
+        "imagenet_labels.txt", "Scene classification", "export_efficientnet_lite0.py"
+    )

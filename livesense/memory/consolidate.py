@@ -8,16 +8,19 @@ sentences and on-screen lines, the loudest events and the most salient member's 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from livesense.memory.index import pool
 from livesense.memory.lexical import normalise
-from livesense.records import Evidence, OcrLine, SnippetRecord
+from livesense.records import Evidence, OcrLine, SeenObject, SnippetRecord, TrackSpan
 
 TRANSCRIPT_MAX = 240  # characters of merged transcript kept for display (answers quote 220)
 OCR_MAX = 12  # distinct on-screen lines kept for display
+OBJECTS_MAX = 12  # object classes kept in a merged moment, best first
+SCENE_MAX = 5
+TRACKS_MAX = 24
 LEX_MAX = 20000  # characters of searchable text kept whole before falling back to words
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -117,6 +120,23 @@ def _merge_evidence(evs: list[Evidence], counts: np.ndarray, best: int) -> Evide
                 seen.add(key)
                 ocr.append(line)
     total = float(counts.sum()) or 1.0
+    objects: dict[str, SeenObject] = {}
+    for ev in evs:
+        for o in ev.objects:
+            have = objects.get(o.label)
+            if have is None or o.score > have.score:
+                objects[o.label] = replace(o, count=max(o.count, have.count if have else 0))
+            else:
+                have.count = max(have.count, o.count)
+    scene: dict[str, float] = {}
+    for ev in evs:
+        for k, v in ev.scene.items():
+            scene[k] = max(scene.get(k, 0.0), float(v))
+    tracks: dict[int, TrackSpan] = {}
+    for ev in evs:  # oldest first: a track's latest state wins
+        for t in ev.tracks:
+            first = tracks.get(t.id)
+            tracks[t.id] = replace(t, since=min(t.since, first.since) if first else t.since)
     return Evidence(
         transcript=summarise_transcripts([ev.transcript for ev in evs]),
         words=[],
@@ -130,6 +150,9 @@ def _merge_evidence(evs: list[Evidence], counts: np.ndarray, best: int) -> Evide
         loudness_db=max(ev.loudness_db for ev in evs),
         speech_ratio=float(sum(ev.speech_ratio * c for ev, c in zip(evs, counts, strict=True)))
         / total,
+        objects=sorted(objects.values(), key=lambda o: -o.score)[:OBJECTS_MAX],
+        scene=dict(sorted(scene.items(), key=lambda kv: -kv[1])[:SCENE_MAX]),
+        tracks=sorted(tracks.values(), key=lambda t: t.id)[-TRACKS_MAX:],
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from livesense.records import Evidence, OcrLine, Word
+from livesense.records import Evidence, OcrLine, SeenObject, TrackSpan, Word
 
 _EVIDENCE_FIELDS = tuple(f.name for f in dataclasses.fields(Evidence))
 
@@ -30,6 +30,14 @@ def evidence_to_json(ev: Evidence) -> str:
     d["ocr"] = [{"text": o.text, "box": list(o.box), "score": o.score, "t": o.t} for o in ev.ocr]
     d["events"] = dict(ev.events)
     d["colors"] = list(ev.colors)
+    d["objects"] = [
+        {"label": o.label, "count": o.count, "score": o.score, "box": list(o.box), "color": o.color}
+        for o in ev.objects
+    ]
+    d["scene"] = dict(ev.scene)
+    d["tracks"] = [
+        {"id": t.id, "label": t.label, "since": t.since, "until": t.until} for t in ev.tracks
+    ]
     return json.dumps(d, default=_jsonable, ensure_ascii=False)
 
 
@@ -42,4 +50,9 @@ def evidence_from_json(text: str) -> Evidence:
         OcrLine(o["text"], tuple(o["box"]), o["score"], o["t"])  # type: ignore[arg-type]
         for o in d.get("ocr", [])
     ]
+    d["objects"] = [
+        SeenObject(o["label"], int(o["count"]), float(o["score"]), tuple(o["box"]), o["color"])  # type: ignore[arg-type]
+        for o in d.get("objects", [])
+    ]
+    d["tracks"] = [TrackSpan(**t) for t in d.get("tracks", [])]
     return Evidence(**d)

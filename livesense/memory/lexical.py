@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from livesense.records import Evidence
+from livesense.seen import seen_words
 
 SUBSTRING_CREDIT = 0.6
 """Credit for a query word found only inside a longer glued word ('rome' in 'fromrome',
@@ -70,10 +71,12 @@ def normalise(text: str) -> str:
 
 
 def searchable_text(evidence: Evidence) -> str:
-    """The text a moment is found by: transcript, on-screen lines, likely sound events."""
+    """The text a moment is found by: transcript, on-screen lines, likely sound events, and
+    confidently seen objects and scene labels."""
     lines = [evidence.transcript.strip()]
     lines.extend(line.text.strip() for line in evidence.ocr)
     lines.extend(k for k, v in sorted(evidence.events.items()) if v >= EVENT_MIN)
+    lines.extend(seen_words(evidence.objects, evidence.scene))
     return fold("\n".join(x for x in lines if x))
 
 

@@ -41,7 +41,8 @@ from livesense.memory.consolidate import Stored, merge_group
 from livesense.memory.index import pool
 from livesense.memory.lexical import STOPWORDS, normalise
 from livesense.memory.summary import StreamSummary
-from livesense.records import Evidence, SnippetRecord
+from livesense.records import Evidence, SeenObject, SnippetRecord
+from livesense.seen import seen_text
 
 RECENT, KEY, CONSOLIDATED = "recent", "key", "consolidated"
 TIERS = (RECENT, KEY, CONSOLIDATED)
@@ -140,11 +141,13 @@ class TimelineMoment:
     summary: str
     index: int = 0
     count: int = 1
+    objects: tuple[SeenObject, ...] = ()
 
     @classmethod
     def of(cls, item: Stored) -> TimelineMoment:
         r = item.record
-        return cls(r.start, r.end, r.tier, describe(r), r.index, r.count)
+        objects = tuple(r.evidence.objects)
+        return cls(r.start, r.end, r.tier, describe(r), r.index, r.count, objects)
 
     def to_json(self) -> dict[str, Any]:
         """The public shape (part of the CLI contract)."""
@@ -153,6 +156,7 @@ class TimelineMoment:
             "end": round(float(self.end), 3),
             "tier": self.tier,
             "summary": self.summary,
+            "objects": [o.to_json() for o in self.objects],
         }
 
 
@@ -307,7 +311,10 @@ def describe(record: SnippetRecord, limit: int = 160) -> str:
     heard = [k for k in heard if not (k == "speech" and said)]
     if heard:
         parts.append("heard " + " and ".join(heard))
-    if ev.faces:
+    seen = seen_text(ev.objects, {})
+    if seen:
+        parts.append(f"seen {seen}")
+    elif ev.faces:
         parts.append(f"{ev.faces} face{'s' if ev.faces > 1 else ''}")
     if ev.scene_change and not parts:
         parts.append("scene change")

@@ -15,6 +15,7 @@ import numpy as np
 
 from livesense.engines.text import TextEmbedder
 from livesense.records import Evidence, Features, Snippet, SnippetRecord
+from livesense.seen import seen_text, summarise
 
 MODALITIES = ("speech", "text", "audio", "visual")
 """Token slots, in order. A record holds at most one token per slot (K <= 4)."""
@@ -39,7 +40,12 @@ def describe_audio(f: Features) -> str:
 
 
 def describe_visual(f: Features) -> str:
-    """A short phrase for what was seen, for the visual token (no image model by default)."""
+    """A short phrase for what was seen, for the visual token: the detected objects, most
+    confident first ("a red motorcycle and a chair, maybe a cup"), the scene labels, else
+    faces, a new scene and movement."""
+    seen = seen_text(summarise(f.objects), f.scene)
+    if seen:
+        return seen
     parts: list[str] = []
     if f.faces:
         parts.append("one person's face" if f.faces == 1 else f"{f.faces} people's faces")
@@ -122,4 +128,7 @@ def evidence_of(f: Features) -> Evidence:
         colors=list(f.colors),
         loudness_db=float(f.loudness_db),
         speech_ratio=float(f.speech_ratio),
+        objects=summarise(f.objects),
+        scene={k: float(v) for k, v in f.scene.items()},
+        tracks=list(f.tracks),
     )

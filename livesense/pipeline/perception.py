@@ -9,6 +9,7 @@ streams fill batches together. Whisper runs on CTranslate2, on the device the sa
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ from typing import Any
 from livesense.config import EngineSettings, PerceptionSettings, Settings
 from livesense.engines.engine_factory import EngineFactory, configure_engines, shared_factory
 from livesense.engines.text import TextEmbedder, shared_text_embedder
+from livesense.errors import ModelMissingError
 from livesense.pipeline.audio import AudioPerception
 from livesense.pipeline.combiner import EvidenceCombiner
 from livesense.pipeline.vision import VisionPerception
+
+log = logging.getLogger(__name__)
 
 
 class Perception:
@@ -42,6 +46,9 @@ class Perception:
         self._faces: object | None = None
         self._tagger: object | None = None
         self._clip: object | None = None
+        self._detector: object | None = None
+        self._scenes: object | None = None
+        self.missing: dict[str, str] = {}  # vision stage -> why its model file is not there
         self._combiner: EvidenceCombiner | None = None
 
     @classmethod
@@ -87,6 +94,19 @@ class Perception:
                 from livesense.engines.faces import FaceDetector
 
                 self._faces = FaceDetector()
+            if s.objects and self._detector is None and "objects" not in self.missing:
+                from livesense.engines.detector import ObjectDetector
+
+                self._detector = self._optional(
+                    "objects",
+                    lambda: ObjectDetector(min_score=s.object_min_score, factory=factory),
+                )
+            if s.scenes and self._scenes is None and "scene" not in self.missing:
+                from livesense.engines.scene import SceneClassifier
+
+                self._scenes = self._optional(
+                    "scene", lambda: SceneClassifier(top=s.scene_top, factory=factory)
+                )
             if self._clip is None and (pair := self._clip_towers()) is not None:
                 from livesense.engines.clip import ClipEncoder
 
@@ -99,6 +119,17 @@ class Perception:
                 self._vad_batcher = vad_batcher(factory)
             if self._combiner is None:
                 self._combiner = EvidenceCombiner(self.embedder)
+
+    def _optional(self, stage: str, make: Any) -> object | None:
+        """A vision model whose file may be missing: without it the stage is skipped (and
+        named in each snippet's `skipped`), and the one sentence saying how to get it is
+        logged once; every other stage runs on."""
+        try:
+            return make()  # type: ignore[no-any-return]
+        except ModelMissingError as e:
+            self.missing[stage] = str(e)
+            log.warning("%s", e)
+            return None
 
     def _clip_towers(self) -> tuple[Path, Path] | None:
         """The settings' CLIP towers, else those `livesense engines export` registered."""
@@ -137,11 +168,15 @@ class Perception:
             out.append({"batcher": name, **b.stats.as_json()})
         return out
 
-    def vision_stage(self) -> VisionPerception:
+    def vision_stage(self, stream: str | None = None) -> VisionPerception:
         self.load()
         return VisionPerception(
             self.settings,
             ocr=self._ocr,  # type: ignore[arg-type]
             faces=self._faces,  # type: ignore[arg-type]
             clip=self._clip,  # type: ignore[arg-type]
+            detector=self._detector,  # type: ignore[arg-type]
+            scenes=self._scenes,  # type: ignore[arg-type]
+            missing=self.missing,
+            stream=stream,
         )

@@ -1,10 +1,12 @@
 """The vision stage: what a snippet's sampled frames show, at a bounded cost per snippet.
 
 Cheap measures (scene change, motion, colours, keyframe) come from small thumbnails of every
-sampled frame. The models run on few frames: faces on one or two, the CLIP slot on the
-keyframe, OCR at most once per snippet and only when the picture changed since the last read,
-as a whole or in one region (a caption changing on a still picture), since OCR costs a few
-hundred milliseconds and the rest of the stage a few.
+sampled frame. The models run on few frames: faces on one or two, the CLIP slot, the object
+detector and the scene classifier on the keyframe of every snippet unless it is the same
+picture as the last one looked at (then the last result is carried), OCR at most once per
+snippet and only when the picture changed since the last read, as a whole or in one region (a
+caption changing on a still picture), since OCR costs a few hundred milliseconds and the rest
+of the stage tens.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import numpy as np
 
 from livesense.config import PerceptionSettings
 from livesense.engines.clip import ClipEncoder
+from livesense.engines.detector import ObjectDetector
 from livesense.engines.faces import FaceDetector
 from livesense.engines.ocr import OcrReader
+from livesense.engines.scene import SceneClassifier
 from livesense.errors import ConfigError
-from livesense.records import Features, OcrLine, Snippet, VideoFrame
+from livesense.pipeline.tracker import ObjectTracker
+from livesense.records import Detection, Features, OcrLine, Snippet, VideoFrame
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ FACE_SECOND_FRAME = 0.02
 """A second frame is searched for faces only if it differs from the keyframe by this much."""
 MIN_COLOR_SHARE = 0.08
 MERGE_COLOR = 48.0  # RGB distance under which two dominant colours are one
+BOX_INSET = 0.2  # share of a box's width/height cut from each side before its colour is taken
 
 T = TypeVar("T")
 
@@ -58,10 +64,15 @@ class _View:
 class VisionPerception:
     """Fills the vision fields of a snippet's Features. Stateful: one instance per stream.
 
-    Shedding under live overload: shed=0 runs everything; shed>=1 skips OCR; shed>=2 also
-    skips faces and the CLIP slot and looks at one frame only. Shed and failed stages are
-    named in `features.skipped` ("ocr", "faces", "clip"; "<stage>:error" when a model raised);
-    "ocr" is named only when a read was due.
+    Shedding under live overload: shed=0 runs everything; shed>=1 skips OCR and scene labels;
+    shed>=2 also skips faces, objects and the CLIP slot and looks at one frame only. Shed and
+    failed stages are named in `features.skipped` ("ocr", "faces", "clip", "objects",
+    "scene"; "<stage>:error" when a model raised, "<stage>:missing" when its model file is
+    not there); "ocr" is named only when a read was due.
+
+    Objects and scene labels are looked for on every snippet's keyframe; when it is the same
+    picture as the last one looked at (grey change under STILL), the last result is carried.
+    Detections get the dominant colour of their box and a track (ObjectTracker).
 
     OCR runs at most once per snippet. The keyframe is read when it differs from the frame of
     the last read by more than `ocr_change_threshold` as a whole, or by more than
@@ -82,8 +93,14 @@ class VisionPerception:
         ocr: OcrReader | None = None,
         faces: FaceDetector | None = None,
         clip: ClipEncoder | None = None,
+        detector: ObjectDetector | None = None,
+        scenes: SceneClassifier | None = None,
+        missing: dict[str, str] | None = None,
+        stream: str | None = None,
     ) -> None:
         self.settings = settings
+        self.stream = stream
+        self.missing = dict(missing or {})  # stage -> why its model is not there
         if clip is None and (settings.clip_image or settings.clip_text):
             if not (settings.clip_image and settings.clip_text):
                 raise ConfigError(
@@ -97,6 +114,11 @@ class VisionPerception:
         self.ocr = ocr if settings.ocr else None
         self.faces = faces if settings.faces else None
         self.clip = clip
+        self.detector = detector if settings.objects else None
+        self.scenes = scenes if settings.scenes else None
+        self.tracker = ObjectTracker()
+        self._seen_view: _View | None = None  # the frame objects and scenes were last looked for
+        self._seen: tuple[list[Detection], dict[str, float]] = ([], {})
         self._prev: _View | None = None  # last sampled frame of the previous snippet
         self._ocr_view: _View | None = None  # the frame of the last OCR read
         self._ocr_lines: list[OcrLine] = []
@@ -118,6 +140,7 @@ class VisionPerception:
 
     def _process(self, snippet: Snippet, features: Features, shed: int) -> None:
         t0 = time.perf_counter()
+        self.stream = snippet.stream  # the shared batchers keep each stream's requests apart
         frames = snippet.frames
         if shed >= 2:
             frames = [frames[len(frames) // 2]]
@@ -144,6 +167,7 @@ class VisionPerception:
             else:
                 emb = self._guard("clip", features, None, lambda: self._clip(key))
                 features.image_embedding = emb
+        self._look(key, features, shed)
         if self.ocr is not None:
             features.ocr = self._read(key, features, shed)
             if self.last_ocr == "carried" and views[-1] is not key and shed == 0:
@@ -213,6 +237,69 @@ class VisionPerception:
         seen = {_norm(line.text) for line in carried}
         return carried + [line for line in lines if _norm(line.text) not in seen]
 
+    def _look(self, key: _View, features: Features, shed: int) -> None:
+        """Objects (with colours and tracks) and scene labels of the keyframe."""
+        for stage, model, enabled in (
+            ("objects", self.detector, self.settings.objects),
+            ("scene", self.scenes, self.settings.scenes),
+        ):
+            if enabled and model is None and stage in self.missing:
+                features.skipped.append(f"{stage}:missing")
+        if self.detector is None and self.scenes is None:
+            return
+        t = key.frame.t
+        last = self._seen_view
+        same = (
+            last is not None
+            and last.frame.image.shape == key.frame.image.shape
+            and _change(last, key) < STILL
+        )
+        if same:
+            features.objects = [replace(d, t=t) for d in self._seen[0]]
+            features.scene = dict(self._seen[1])
+            features.tracks = self.tracker.carry(t)
+            return
+        objects: list[Detection] = []
+        scene: dict[str, float] = {}
+        detected = False
+        if self.detector is not None:
+            if shed >= 2:
+                features.skipped.append("objects")
+            else:
+                found = self._guard("objects", features, None, lambda: self._objects(key))
+                if found is not None:
+                    objects, detected = found, True
+        if self.scenes is not None:
+            if shed >= 1:
+                features.skipped.append("scene")
+            else:
+                scene = self._guard("scene", features, {}, lambda: self._scene(key))
+        if detected:
+            features.tracks = self.tracker.update(objects, t)
+        if detected or (self.detector is None and scene):
+            self._seen_view, self._seen = key, (objects, scene)
+        features.objects = objects
+        features.scene = scene
+
+    def _objects(self, key: _View) -> list[Detection]:
+        assert self.detector is not None
+        t0 = time.perf_counter()
+        image = key.frame.image
+        found = self.detector.detect(image, self.stream)
+        out = [
+            Detection(f.label, round(f.score, 4), f.box, key.frame.t, box_color(image, f.box))
+            for f in found
+        ]
+        self._add("objects", t0)
+        return out
+
+    def _scene(self, key: _View) -> dict[str, float]:
+        assert self.scenes is not None
+        t0 = time.perf_counter()
+        labels = self.scenes.classify(key.frame.image, self.stream)
+        self._add("scene", t0)
+        return labels
+
     def _read(self, key: _View, features: Features, shed: int) -> list[OcrLine]:
         last = self._ocr_view
         changed, due = self._due(key)
@@ -273,6 +360,9 @@ class VisionPerception:
 
 
 def _view(frame: VideoFrame) -> _View:
+    image = np.asarray(frame.image)
+    if image.ndim == 2:  # a grey frame: the measures work on RGB
+        frame = VideoFrame(frame.t, cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))
     rgb = cv2.resize(np.ascontiguousarray(frame.image), THUMB, interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     hist = cv2.calcHist([rgb], [0, 1, 2], None, [8, 8, 8], [0, 256, 0, 256, 0, 256])
@@ -380,6 +470,61 @@ def dominant_colors(rgb: np.ndarray, k: int = 3) -> list[str]:
         for c, m in picked[:k]
         if m / total >= MIN_COLOR_SHARE
     ]
+
+
+COLOR_NAMES = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "red")
+HUE_EDGES = np.array([12, 22, 35, 85, 130, 155, 170, 181])  # OpenCV hue (0..180) upper edges
+CHROMATIC = 0.15  # share of strongly coloured pixels above which a box has a colour
+
+
+def _names(rgb: np.ndarray) -> np.ndarray:
+    """A colour name index per pixel: 0..7 over COLOR_NAMES, 8 brown, 9 black, 10 grey, 11 white."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb.reshape(-1, 1, 3)), cv2.COLOR_RGB2HSV)
+    h, s, v = (hsv[:, 0, i].astype(np.int32) for i in range(3))
+    out = np.searchsorted(HUE_EDGES, h, side="right").clip(0, 7)
+    out = np.where((out == 1) & (v < 150), 8, out)  # dark orange is brown
+    plain = np.where(v < 50, 9, np.where(v > 200, 11, 10))
+    return np.where((s < 90) | (v < 50), plain, out)
+
+
+def color_name(hex_color: str) -> str:
+    """A plain name ("red", "grey", ...) for a "#rrggbb" colour."""
+    rgb = np.array([[int(hex_color[i : i + 2], 16) for i in (1, 3, 5)]], np.uint8)
+    return _NAMES[int(_names(rgb)[0])]
+
+
+_NAMES = (*COLOR_NAMES, "brown", "black", "grey", "white")
+
+
+def box_color(image_rgb: np.ndarray, box: tuple[float, float, float, float]) -> str:
+    """The name of a box's dominant colour, from its inner part (the edges are mostly
+    background). Pixels are named as `dominant_colors` bins them, coarsely; a strong colour
+    covering CHROMATIC of the box wins over a grey, black or white majority (a red car is
+    mostly windows, tyres and shadow)."""
+    img = np.asarray(image_rgb)
+    if img.ndim != 3 or img.shape[2] < 3:
+        return "grey"
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * BOX_INSET, (y2 - y1) * BOX_INSET
+    h, w = img.shape[:2]
+    xa, xb = int(max(0, x1 + dx)), int(min(w, x2 - dx))
+    ya, yb = int(max(0, y1 + dy)), int(min(h, y2 - dy))
+    if xb - xa < 2 or yb - ya < 2:
+        return ""
+    crop = np.ascontiguousarray(img[ya:yb, xa:xb, :3])
+    if max(crop.shape[:2]) > 64:
+        f = 64 / max(crop.shape[:2])
+        size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    counts = np.bincount(_names(crop), minlength=len(_NAMES))
+    chroma = counts[:9]
+    if chroma.sum() >= CHROMATIC * counts.sum():
+        merged = chroma[:8].copy()
+        merged[0] += merged[7]  # red wraps around the hue circle
+        merged[7] = 0
+        best = int(np.argmax(np.append(merged, chroma[8])))
+        return _NAMES[best if best < 8 else 8]
+    return _NAMES[9 + int(np.argmax(counts[9:]))]
 
 
 def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:

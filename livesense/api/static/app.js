@@ -106,8 +106,41 @@ function tags(evidence) {
   for (const [name, p] of Object.entries(evidence.events || {})) {
     if (p >= 0.5) out.push(el("span", { class: `tag ev-${name}`, title: `heard: ${name} ${p}` }, name));
   }
-  if (evidence.faces) out.push(el("span", { class: "tag faces" }, evidence.faces === 1 ? "1 face" : `${evidence.faces} faces`));
+  const objects = evidence.objects || [];
+  for (const o of objects) {
+    const name = o.count > 1 ? `${o.count} × ${o.label}` : o.label;
+    const swatch = o.color ? el("span", { class: "swatch", style: `background:${o.color}` }) : null;
+    out.push(
+      el("span", { class: `tag obj${o.score < 0.5 ? " weak" : ""}`, title: `seen: ${o.label} ${o.score}${o.color ? `, ${o.color}` : ""}` }, swatch, name),
+    );
+  }
+  const scene = Object.entries(evidence.scene || {}).sort((a, b) => b[1] - a[1]);
+  if (scene.length && scene[0][1] >= 0.3) {
+    out.push(el("span", { class: "tag scene", title: `looks like: ${scene[0][0]} ${scene[0][1]}` }, scene[0][0]));
+  }
+  const person = objects.some((o) => o.label === "person");
+  if (evidence.faces && !person) out.push(el("span", { class: "tag faces" }, evidence.faces === 1 ? "1 face" : `${evidence.faces} faces`));
   return out;
+}
+
+/** Boxes of the seen objects over the keyframe (boxes are in the keyframe's pixels). */
+function drawBoxes(img, objects) {
+  const layer = $("moment-boxes");
+  layer.replaceChildren();
+  const place = () => {
+    const w = img.naturalWidth;
+    const h = img.naturalHeight;
+    if (!w || !h) return;
+    layer.replaceChildren(
+      ...objects.map((o) => {
+        const [x1, y1, x2, y2] = o.box;
+        const style = `left:${(100 * x1) / w}%;top:${(100 * y1) / h}%;width:${(100 * (x2 - x1)) / w}%;height:${(100 * (y2 - y1)) / h}%`;
+        return el("div", { class: "box", style }, el("span", {}, `${o.label} ${Math.round(o.score * 100)}%`));
+      }),
+    );
+  };
+  if (img.complete && img.naturalWidth) place();
+  else img.addEventListener("load", place, { once: true });
 }
 
 function momentRow(moment, { query = "", score = null, showStream = false, onClick = null } = {}) {
@@ -120,7 +153,12 @@ function momentRow(moment, { query = "", score = null, showStream = false, onCli
   const said = ev.transcript
     ? el("p", { class: "said" }, highlighted(ev.transcript, terms(query)))
     : el("p", { class: "said none" }, "nothing said");
-  const ocr = (ev.ocr || []).length || Object.values(ev.events || {}).some((p) => p >= 0.5) || ev.faces;
+  const ocr =
+    (ev.ocr || []).length ||
+    Object.values(ev.events || {}).some((p) => p >= 0.5) ||
+    ev.faces ||
+    (ev.objects || []).length ||
+    Object.values(ev.scene || {}).some((p) => p >= 0.3);
   const row = el(
     "li",
     {
@@ -165,8 +203,12 @@ function openMoment(moment) {
   const ev = moment.evidence || {};
   const img = $("moment-img");
   img.removeAttribute("src");
+  $("moment-boxes").replaceChildren();
   keyframe(ev.keyframe).then((url) => {
-    if (url) img.src = url;
+    if (url) {
+      img.src = url;
+      drawBoxes(img, ev.objects || []);
+    }
   });
   const wall = wallOf(moment);
   $("moment-body").replaceChildren(
