@@ -40,7 +40,9 @@ def _flags_take_no_value() -> None:
     took a value; a flag takes none, so its column stays empty."""
     from typer.core import TyperOption
 
-    shown = TyperOption.display_type_rich
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:  # a typer that prints no type column has nothing to hide
+        return
 
     def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
         return None if self.is_flag else shown(self, ctx)
