@@ -36,7 +36,10 @@ app.add_typer(token_app, name="token")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-MemoryOpt = Annotated[Path, typer.Option("--memory", help="Memory directory.")]
+MemoryOpt = Annotated[
+    Path | None,
+    typer.Option("--memory", help="Memory directory (default: memory setting, livesense-memory)."),
+]
 StreamOpt = Annotated[str | None, typer.Option("--stream", help="Stream id.")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML settings file (LIVESENSE_* env also read).")
@@ -50,8 +53,31 @@ RedisOpt = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    return load_settings(config, **overrides)
+# The flag behind each setting a command line may set, for messages.
+FLAGS = {
+    "memory": "--memory",
+    "perception.asr_model": "--asr-model",
+    "redis.url": "--redis",
+    "redis.worker_streams": "--streams",
+    "server.host": "--host",
+    "server.port": "--port",
+    "server.token": "--token",
+    "security.token_file": "--token-file",
+}
+
+
+def _settings(config: Path | None, *, service: Any = False, **overrides: Any) -> Settings:
+    """File < LIVESENSE_* environment < the flags given (a flag left out is None: unset).
+
+    `log_level` sets the log of the services (serve, run, worker); one-shot commands show
+    warnings and errors, and everything at debug.
+    """
+    settings = load_settings(config, flags=FLAGS, **overrides)
+    level = logging.getLevelName(settings.log_level.upper())
+    if not service and settings.log_level != "debug":
+        level = max(level, logging.WARNING)
+    logging.getLogger("livesense").setLevel(level)
+    return settings
 
 
 def _open_store(
@@ -83,7 +109,7 @@ def _open_store(
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="File path or URL (rtsp://, http(s)://, v4l2://).")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     realtime: Annotated[
         bool, typer.Option("--realtime", help="Pace a file like a live source.")
@@ -180,7 +206,7 @@ def _print_hits(hits: list[Hit]) -> None:
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=100, help="How many moments.")] = 5,
     start: Annotated[float | None, typer.Option("--start", help="From stream time (s).")] = None,
@@ -205,7 +231,7 @@ def search(
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="A question about what was seen or heard.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     as_json: JsonOpt = False,
     redis: RedisOpt = None,
@@ -239,7 +265,7 @@ ServeTokenFile = Annotated[
 
 @app.command()
 def serve(
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     host: ServeHost = None,
     port: ServePort = None,
     token: ServeToken = None,
@@ -251,6 +277,7 @@ def serve(
     streams started through it go to the workers)."""
     settings = _settings(
         config,
+        service=True,
         memory=memory,
         **{"server.host": host, "server.port": port, "server.token": token},
         **{"redis.url": redis},
@@ -262,7 +289,7 @@ def serve(
 @app.command()
 def run(
     source: Annotated[str, typer.Argument(help="File path or URL to ingest while serving.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     host: ServeHost = None,
     port: ServePort = None,
@@ -278,6 +305,7 @@ def run(
     on the work list and this process is also a worker)."""
     settings = _settings(
         config,
+        service=True,
         memory=memory,
         **{"server.host": host, "server.port": port, "server.token": token},
         **{"redis.url": redis},
@@ -353,7 +381,8 @@ async def _serve(
         app_,
         host=settings.server.host,
         port=settings.server.port,
-        log_level="warning",
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=2,  # open requests get 2 s; then streams drain (`drain` s)
     )
     server = Server(config)
@@ -385,7 +414,7 @@ def _where(settings: Settings) -> str:
 @app.command()
 def timeline(
     stream: Annotated[str, typer.Option("--stream", help="Stream id.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     redis: RedisOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -420,7 +449,9 @@ def worker(
     config: ConfigOpt = None,
 ) -> None:
     """Ingest streams from the Redis work list (start them through any API process)."""
-    settings = _settings(config, **{"redis.url": redis, "redis.worker_streams": streams})
+    settings = _settings(
+        config, service=True, **{"redis.url": redis, "redis.worker_streams": streams}
+    )
     asyncio.run(_worker(settings))
 
 

@@ -8,8 +8,12 @@ concurrently. RSS, open files and threads must stay flat, lag bounded, and nothi
 from __future__ import annotations
 
 import asyncio
+import collections
+import ctypes
+import gc
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -150,6 +154,28 @@ def open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def malloc_mib() -> tuple[float, float]:
+    """(in use, free but kept) by glibc's malloc, MiB; (0, 0) where mallinfo2 is missing."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return 0.0, 0.0
+    fn.restype = _Mallinfo2
+    m = fn()
+    return (m.uordblks + m.hblkhd) / 2**20, m.fordblks / 2**20
+
+
+def objects_by_type() -> collections.Counter[str]:
+    """Live objects the garbage collector tracks, counted by type name."""
+    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+
+
 class Queries(threading.Thread):
     """Searches, asks, listings, timelines, keyframes and a watch socket, as fast as they go."""
 
@@ -225,10 +251,17 @@ async def soak(root: Path, seconds: float, speed: float) -> dict[str, Any]:
     samples: list[dict[str, float]] = []
     began = time.monotonic()
     task = manager.tasks["soak"]
+    types_warm: collections.Counter[str] | None = None
     while not task.done():
         await asyncio.sleep(1.0)
         st = pipeline.status
+        if types_warm is None and source.produced >= seconds / 5:
+            types_warm = objects_by_type()
+        used, kept = malloc_mib()
         samples.append({
+            "py_blocks": sys.getallocatedblocks(),
+            "malloc_used": used,
+            "malloc_free": kept,
             "real": time.monotonic() - began,
             "stream": source.produced,
             "rss": rss_mib(),
@@ -244,11 +277,14 @@ async def soak(root: Path, seconds: float, speed: float) -> dict[str, Any]:
     server.should_exit = True
     await serving
     stored = store.count("soak")
+    grown = objects_by_type()
+    grown.subtract(types_warm or {})
     store.close()
     tokens.close()
     return {"status": status.to_json(), "samples": samples, "queries": queries.done,
             "query_errors": queries.errors, "watched": queries.watched, "stored": stored,
-            "real_seconds": time.monotonic() - began}
+            "real_seconds": time.monotonic() - began,
+            "objects_grown": [(k, v) for k, v in grown.most_common(12) if v > 0]}
 
 
 def check(result: dict[str, Any], seconds: float, name: str) -> None:
@@ -261,6 +297,8 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
     quarter = max(1, len(samples) // 4)
     lag_early = float(np.mean([s["lag"] for s in samples[quarter : 2 * quarter]]))
     lag_late = float(np.mean([s["lag"] for s in samples[-quarter:]]))
+    after = samples[max(1, len(samples) // 5) :]  # RSS against stream time, once warm
+    slope = float(np.polyfit([s["stream"] / 3600 for s in after], [s["rss"] for s in after], 1)[0])
     summary = {
         "simulated_seconds": seconds,
         "real_seconds": round(result["real_seconds"], 1),
@@ -275,6 +313,7 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
         "rss_mib_max": round(max(s["rss"] for s in samples), 1),
         "rss_drift_mib": round(last["rss"] - warm["rss"], 1),
         "rss_drift_second_half_mib": round(last["rss"] - half["rss"], 1),
+        "rss_slope_mib_per_simulated_hour": round(slope, 1),
         "files_warm": warm["files"],
         "files_end": last["files"],
         "threads_warm": warm["threads"],
@@ -282,8 +321,11 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
         "max_lag_s": round(max(s["lag"] for s in samples), 1),
         "lag_second_quarter_s": round(lag_early, 1),
         "lag_last_quarter_s": round(lag_late, 1),
-        "series": [  # (simulated s, RSS MiB, open files, threads, lag s), ~20 points
-            [round(s["stream"]), round(s["rss"]), s["files"], s["threads"], round(s["lag"])]
+        "objects_grown": result["objects_grown"],
+        "series": [  # (simulated s, RSS MiB, open files, threads, lag s, Python blocks,
+            # malloc in use MiB, malloc free but kept MiB), ~20 points
+            [round(s["stream"]), round(s["rss"]), s["files"], s["threads"], round(s["lag"]),
+             s["py_blocks"], round(s["malloc_used"]), round(s["malloc_free"])]
             for s in samples[:: max(1, len(samples) // 20)]
         ],
     }
@@ -312,3 +354,10 @@ async def test_soak_short(tmp_path: Path) -> None:
 async def test_soak_one_simulated_hour(tmp_path: Path) -> None:
     seconds = 3600.0
     check(await soak(tmp_path, seconds, speed=12.0), seconds, "soak_hour")
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(3 * 3600)
+async def test_soak_three_simulated_hours(tmp_path: Path) -> None:
+    seconds = 3 * 3600.0
+    check(await soak(tmp_path, seconds, speed=12.0), seconds, "soak_3h")
