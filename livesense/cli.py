@@ -20,7 +20,7 @@ from rich.table import Table
 from livesense.api.token_cli import token_app
 from livesense.config import Settings, load_settings
 from livesense.engines.cli import bench_app, engines_app
-from livesense.errors import LivesenseError
+from livesense.errors import LivesenseError, first_error
 from livesense.records import Answer, Hit
 
 app = typer.Typer(
@@ -141,6 +141,12 @@ async def _ingest(source: str, stream: str | None, settings: Settings, realtime:
     sid = check_stream_id(stream or stream_id_for(source))
     store = _open_store(settings.memory, settings, readonly=False, hub=WatchHub())
     perception = Perception.from_settings(settings)
+    if settings.redis.url:  # one ingest per stream: wait for a dead holder's lease to expire
+        try:
+            await asyncio.to_thread(store.wait_for_lease, sid, lambda line: err.print(line))
+        except BaseException:
+            store.close()
+            raise
     with err.status("loading models…"):
         await asyncio.to_thread(perception.load)
     pipeline = StreamPipeline(sid, source, settings, store, perception, realtime=realtime)
@@ -494,7 +500,13 @@ def main() -> None:
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)
-        err.print(f"[red]error:[/] {e.__class__.__name__}: {escape(str(e))}", highlight=False)
+        cause = first_error(e)
+        if isinstance(cause, LivesenseError):
+            err.print(f"[red]error:[/] {escape(str(cause))}", highlight=False)
+        else:
+            err.print(
+                f"[red]error:[/] {cause.__class__.__name__}: {escape(str(cause))}", highlight=False
+            )
         sys.exit(1)
 
 

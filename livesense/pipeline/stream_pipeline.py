@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from livesense.config import Settings
-from livesense.errors import LivesenseError
+from livesense.errors import LivesenseError, first_error
 from livesense.memory.store_base import Store
 from livesense.pipeline import metrics
+from livesense.pipeline.heap import trim_heap
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.persister import Persister
 from livesense.pipeline.queues import BoundedQueue, DropPolicy
@@ -139,7 +140,8 @@ class StreamPipeline:
             self.status.state = "stopped"
             raise
         except Exception as e:  # a bug: report it in one line and keep what is stored
-            log.exception("stream %s failed", self.stream)
+            log.error("stream %s failed: %s: %s", self.stream, e.__class__.__name__, e)
+            log.debug("stream %s failed", self.stream, exc_info=True)
             self.status.state = "error"
             self.status.error = f"Stream {self.stream} failed: {e.__class__.__name__}: {e}."
         finally:
@@ -190,11 +192,14 @@ class StreamPipeline:
         snippets: BoundedQueue[Any] = BoundedQueue("snippets", s.queues.snippets, policy)
         self._snippets = snippets
         seen: BoundedQueue[Any] = BoundedQueue("features", s.queues.snippets, DropPolicy.WAIT)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._produce(source, snippets))
-            tg.create_task(self._see(snippets, seen))
-            # A paced file holds speech back no longer than a live source does.
-            tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._produce(source, snippets))
+                tg.create_task(self._see(snippets, seen))
+                # A paced file holds speech back no longer than a live source does.
+                tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
+        except* Exception as group:  # the stage that failed says why, not the group
+            raise first_error(group) from None
 
     async def _produce(self, source: MediaSource, out: BoundedQueue[Any]) -> None:
         snippeter = Snippeter(
@@ -387,6 +392,7 @@ class StreamPipeline:
             self.status.drops = self.drops()
             if self.on_record is not None:
                 self.on_record(self.status)
+        trim_heap()
 
     def drops(self) -> int:
         """Media items and snippets dropped so far (live sources only)."""
