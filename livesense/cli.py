@@ -323,11 +323,10 @@ def run(
 async def _serve(
     settings: Settings, *, source: str | None, stream: str | None, realtime: bool
 ) -> None:
-    import uvicorn
 
     from livesense.api.app import Services, create_app
     from livesense.api.auth import bind_host, read_token_file
-    from livesense.api.server import Server
+    from livesense.api.server import Server, server_config
     from livesense.api.tokens import open_token_store
     from livesense.memory.watch import WatchHub
     from livesense.pipeline.manager import StreamManager
@@ -383,7 +382,7 @@ async def _serve(
         await asyncio.sleep(0)
         err.print(f"ingesting {source} as stream {pipeline.stream}")
     drain = settings.resilience.drain_seconds
-    config = uvicorn.Config(
+    config = server_config(
         app_,
         host=settings.server.host,
         port=settings.server.port,

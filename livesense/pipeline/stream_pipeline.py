@@ -30,7 +30,7 @@ from livesense.config import Settings
 from livesense.errors import LivesenseError, first_error
 from livesense.memory.store_base import Store
 from livesense.pipeline import metrics
-from livesense.pipeline.heap import trim_heap
+from livesense.pipeline.heap import trim_heap, tune_heap
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.persister import Persister
 from livesense.pipeline.queues import BoundedQueue, DropPolicy
@@ -112,6 +112,7 @@ class StreamPipeline:
         self.perception = perception
         self.realtime = realtime
         self.status = StreamStatus(stream=stream, url=url)
+        tune_heap()
         self.on_record = on_record
         self.source: MediaSource | None = source  # given: already open (e.g. a WebRTC track)
         self._pools = {
