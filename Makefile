@@ -33,9 +33,32 @@ $(VENV)/.installed: $(LOCK) $(EXPORT_LOCK) pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "$$CHECK_LOCK"
 	$(PIP) install -q --require-hashes --no-deps -r $(EXPORT_LOCK) \
 	  || echo "torch's CPU build is not available here: the torch variants of the CLIP tests are skipped"
 	touch $@
+
+# The lock must still satisfy pyproject.toml (a dependency added without `make lock` is named).
+define CHECK_LOCK
+import sys, tomllib, importlib.metadata as md
+from packaging.requirements import Requirement
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = project["dependencies"] + [r for e in ("dev", "redis", "webrtc") for r in project["optional-dependencies"][e]]
+bad = []
+for req in map(Requirement, wanted):
+    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        continue
+    try:
+        have = md.version(req.name)
+    except md.PackageNotFoundError:
+        bad.append(f"{req.name} is missing")
+        continue
+    if not req.specifier.contains(have, prereleases=True):
+        bad.append(f"{req.name} {have} is not {req.specifier}")
+if bad:
+    sys.exit("requirements.lock does not satisfy pyproject.toml (" + "; ".join(bad) + "): run `make lock`, then `make install`.")
+endef
+export CHECK_LOCK
 
 # Regenerate the locks from PyPI (the export lock also needs the CPU torch wheel, else it is
 # kept as it is). After merging a change of dependencies: `make lock && make install`.

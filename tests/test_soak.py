@@ -2,7 +2,8 @@
 at accelerated speed through every real model while HTTP and WebSocket queries run
 concurrently. RSS, open files and threads must stay flat, lag bounded, and nothing may fail.
 
-`make soak` runs one simulated hour; `make test` runs three simulated minutes.
+`make soak` runs three simulated hours (at 8x: about 23 minutes); `make test` runs three simulated
+minutes. Both write their figures to tests/artifacts/ (RSS, malloc, objects that grew, lag).
 """
 
 from __future__ import annotations
@@ -297,8 +298,14 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
     quarter = max(1, len(samples) // 4)
     lag_early = float(np.mean([s["lag"] for s in samples[quarter : 2 * quarter]]))
     lag_late = float(np.mean([s["lag"] for s in samples[-quarter:]]))
-    after = samples[max(1, len(samples) // 5) :]  # RSS against stream time, once warm
-    slope = float(np.polyfit([s["stream"] / 3600 for s in after], [s["rss"] for s in after], 1)[0])
+    # RSS against stream time once warm: as it is, and with what the queues hold (the lag, which
+    # follows the machine's load) taken out by a joint fit of RSS on time and lag.
+    after = samples[max(1, len(samples) // 5) :]
+    hours = np.array([s["stream"] / 3600 for s in after])
+    rss = np.array([s["rss"] for s in after])
+    slope = float(np.polyfit(hours, rss, 1)[0])
+    design = np.column_stack([hours, [s["lag"] for s in after], np.ones_like(hours)])
+    slope_at_lag, per_lag_s, _ = np.linalg.lstsq(design, rss, rcond=None)[0]
     summary = {
         "simulated_seconds": seconds,
         "real_seconds": round(result["real_seconds"], 1),
@@ -314,6 +321,8 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
         "rss_drift_mib": round(last["rss"] - warm["rss"], 1),
         "rss_drift_second_half_mib": round(last["rss"] - half["rss"], 1),
         "rss_slope_mib_per_simulated_hour": round(slope, 1),
+        "rss_slope_mib_per_simulated_hour_at_equal_lag": round(float(slope_at_lag), 1),
+        "rss_mib_per_s_of_lag": round(float(per_lag_s), 2),
         "files_warm": warm["files"],
         "files_end": last["files"],
         "threads_warm": warm["threads"],
@@ -350,14 +359,8 @@ async def test_soak_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.timeout(3600)
-async def test_soak_one_simulated_hour(tmp_path: Path) -> None:
-    seconds = 3600.0
-    check(await soak(tmp_path, seconds, speed=12.0), seconds, "soak_hour")
-
-
-@pytest.mark.soak
 @pytest.mark.timeout(3 * 3600)
 async def test_soak_three_simulated_hours(tmp_path: Path) -> None:
     seconds = 3 * 3600.0
-    check(await soak(tmp_path, seconds, speed=12.0), seconds, "soak_3h")
+    result = await soak(tmp_path, seconds, speed=8.0)
+    check(result, seconds, "soak_3h")
