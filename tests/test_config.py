@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,23 @@ def test_the_cli_reads_memory_from_each_layer(tmp_path: Path) -> None:
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "LIVESENSE_SNIPET__SECONDS names no setting" in r.stderr, r.stderr
     assert "did you mean LIVESENSE_SNIPPET__SECONDS?" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("level", "service", "expected"),
+    [("debug", False, logging.DEBUG), ("info", False, logging.WARNING),
+     ("info", True, logging.INFO), ("error", True, logging.ERROR), ("ERROR", False, logging.ERROR)],
+)
+def test_log_level_sets_the_log_of_services_and_quiets_one_shot_commands(
+    monkeypatch: pytest.MonkeyPatch, level: str, service: bool, expected: int
+) -> None:
+    from livesense.cli import _settings
+
+    monkeypatch.setenv("LIVESENSE_LOG_LEVEL", level)
+    logger = logging.getLogger("livesense")
+    before = logger.level
+    try:
+        assert _settings(None, service=service).log_level == level.lower()
+        assert logger.level == expected
+    finally:
+        logger.setLevel(before)
