@@ -288,7 +288,7 @@ async def soak(root: Path, seconds: float, speed: float) -> dict[str, Any]:
             "objects_grown": [(k, v) for k, v in grown.most_common(12) if v > 0]}
 
 
-def check(result: dict[str, Any], seconds: float, name: str) -> None:
+def check(result: dict[str, Any], seconds: float, name: str, max_drift: float = 64.0) -> None:
     status, samples = result["status"], result["samples"]
     out = Path(__file__).parent / "artifacts"
     out.mkdir(exist_ok=True)
@@ -344,7 +344,7 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
     assert status["stage_failures"] == 0 and status["unsaved"] == 0
     assert status["position"] >= seconds - 4.0
     assert result["queries"] > 20 and result["watched"] > 0
-    assert summary["rss_drift_mib"] < 64, summary
+    assert summary["rss_drift_mib"] < max_drift, summary
     assert last["files"] <= warm["files"] + 4, summary
     assert last["threads"] <= warm["threads"] + 2, summary
     # lag can't pass what the bounded queues hold (media 256 items ~ 64 s, snippets and
@@ -363,4 +363,5 @@ async def test_soak_short(tmp_path: Path) -> None:
 async def test_soak_three_simulated_hours(tmp_path: Path) -> None:
     seconds = 3 * 3600.0
     result = await soak(tmp_path, seconds, speed=8.0)
-    check(result, seconds, "soak_3h")
+    # Without the heap's tuning and trimming (livesense.pipeline.heap) the drift was 35 MiB.
+    check(result, seconds, "soak_3h", max_drift=32.0)
