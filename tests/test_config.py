@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -141,3 +142,13 @@ def test_log_level_sets_the_log_of_services_and_quiets_one_shot_commands(
         assert logger.level == expected
     finally:
         logger.setLevel(before)
+
+
+def test_token_commands_take_memory_from_the_environment(tmp_path: Path) -> None:
+    r = livesense("token", "create", "--stream", "cam1", "--json",
+                  env={"LIVESENSE_MEMORY": str(tmp_path / "env")})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "env" / "tokens.db").exists()
+    r = livesense("token", "list", "--json", "--memory", str(tmp_path / "flag"),
+                  env={"LIVESENSE_MEMORY": str(tmp_path / "env")})
+    assert r.returncode == 0 and json.loads(r.stdout)["tokens"] == [], r.stderr
