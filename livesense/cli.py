@@ -21,7 +21,7 @@ from livesense import __version__
 from livesense.api.token_cli import token_app
 from livesense.config import Settings, load_settings
 from livesense.engines.cli import bench_app, engines_app
-from livesense.errors import LivesenseError
+from livesense.errors import LivesenseError, first_error
 from livesense.memory.answer import compose_answer
 from livesense.records import Answer, Hit
 from livesense.urls import shown_url
@@ -77,7 +77,10 @@ app.add_typer(token_app, name="token")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-MemoryOpt = Annotated[Path, typer.Option("--memory", help="Memory directory.")]
+MemoryOpt = Annotated[
+    Path | None,
+    typer.Option("--memory", help="Memory directory (default: memory setting, livesense-memory)."),
+]
 StreamOpt = Annotated[str | None, typer.Option("--stream", help="Stream id.")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML settings file (LIVESENSE_* env also read).")
@@ -99,8 +102,31 @@ RedisOpt = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    return load_settings(config, **overrides)
+# The flag behind each setting a command line may set, for messages.
+FLAGS = {
+    "memory": "--memory",
+    "perception.asr_model": "--asr-model",
+    "redis.url": "--redis",
+    "redis.worker_streams": "--streams",
+    "server.host": "--host",
+    "server.port": "--port",
+    "server.token": "--token",
+    "security.token_file": "--token-file",
+}
+
+
+def _settings(config: Path | None, *, service: Any = False, **overrides: Any) -> Settings:
+    """File < LIVESENSE_* environment < the flags given (a flag left out is None: unset).
+
+    `log_level` sets the log of the services (serve, run, worker); one-shot commands show
+    warnings and errors, and everything at debug.
+    """
+    settings = load_settings(config, flags=FLAGS, **overrides)
+    level = logging.getLevelName(settings.log_level.upper())
+    if not service and settings.log_level != "debug":
+        level = max(level, logging.WARNING)
+    logging.getLogger("livesense").setLevel(level)
+    return settings
 
 
 def _open_store(
@@ -132,7 +158,7 @@ def _open_store(
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="File path or URL (rtsp://, http(s)://, v4l2://).")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     realtime: Annotated[
         bool, typer.Option("--realtime", help="Pace a file like a live source.")
@@ -179,6 +205,12 @@ async def _ingest(
         store.close()
         raise
     perception = Perception.from_settings(settings)
+    if settings.redis.url:  # one ingest per stream: wait for a dead holder's lease to expire
+        try:
+            await asyncio.to_thread(store.wait_for_lease, sid, lambda line: err.print(line))
+        except BaseException:
+            store.close()
+            raise
     with err.status("loading models…"):
         await asyncio.to_thread(perception.load)
     pipeline = StreamPipeline(
@@ -259,7 +291,7 @@ def _print_hits(hits: list[Hit]) -> None:
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=100, help="How many moments.")] = 5,
     start: Annotated[float | None, typer.Option("--start", help="From stream time (s).")] = None,
@@ -286,7 +318,7 @@ def search(
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="A question about what was seen or heard.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     as_json: JsonOpt = False,
     redis: RedisOpt = None,
@@ -327,7 +359,7 @@ ServeTokenFile = Annotated[
 
 @app.command()
 def serve(
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     host: ServeHost = None,
     port: ServePort = None,
     token: ServeToken = None,
@@ -339,6 +371,7 @@ def serve(
     streams started through it go to the workers)."""
     settings = _settings(
         config,
+        service=True,
         memory=memory,
         **{"server.host": host, "server.port": port, "server.token": token},
         **{"redis.url": redis},
@@ -350,7 +383,7 @@ def serve(
 @app.command()
 def run(
     source: Annotated[str, typer.Argument(help="File path or URL to ingest while serving.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     stream: StreamOpt = None,
     host: ServeHost = None,
     port: ServePort = None,
@@ -368,6 +401,7 @@ def run(
     it; one that ends or fails later is reported, and /healthz shows its state."""
     settings = _settings(
         config,
+        service=True,
         memory=memory,
         **{"server.host": host, "server.port": port, "server.token": token},
         **{"redis.url": redis},
@@ -397,7 +431,6 @@ async def _serve(
     if source is not None:
         check_source_url(source)
         sid = check_stream_id(stream or stream_id_for(source))
-    _server_logging(settings)
     admin_token = settings.server.token
     if admin_token is not None:
         admin_token = check_admin_token(admin_token)
@@ -457,10 +490,9 @@ async def _serve_on(
 ) -> None:
     """Serve on a bound socket over an open store: start the source (when given) first;
     `busy`: another process writes the memory, so this one only reads it."""
-    import uvicorn
 
     from livesense.api.app import Services, create_app
-    from livesense.api.server import ConnectionGuard, Server
+    from livesense.api.server import ConnectionGuard, Server, server_config
     from livesense.api.tokens import open_token_store
     from livesense.pipeline.manager import StreamManager, plan_start
     from livesense.pipeline.perception import Perception
@@ -519,13 +551,12 @@ async def _serve_on(
                 raise LivesenseError(_failed(pipeline.status))
             err.print(f"ingesting {shown_url(source)} as stream {pipeline.stream}")
             watcher = asyncio.create_task(_report_end(manager.tasks[sid]))
-        http, ws = ConnectionGuard(settings.security).protocols()  # slow headers, many sockets
-        config = uvicorn.Config(
+        config = server_config(
             app_,
-            log_level="warning",
+            ConnectionGuard(settings.security),  # slow headers, many sockets
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
             timeout_graceful_shutdown=2,  # open requests get 2 s; then streams drain (`drain` s)
-            http=http,
-            ws=ws or "none",
         )
         server = Server(config)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -582,14 +613,6 @@ async def _report_listed(work: Any, sid: str) -> None:
                 return
 
 
-def _server_logging(settings: Settings) -> None:
-    """A server says what its streams and WHIP sessions do: livesense's own loggers at
-    `log_level` (info by default); other libraries stay at warnings."""
-    level = logging.getLevelName(str(settings.log_level).upper())
-    logger = logging.getLogger("livesense")
-    logger.setLevel(level if isinstance(level, int) else logging.INFO)
-
-
 def _where(settings: Settings) -> str:
     if settings.redis.url:
         return shown_url(settings.redis.url)
@@ -599,7 +622,7 @@ def _where(settings: Settings) -> str:
 @app.command()
 def timeline(
     stream: Annotated[str, typer.Option("--stream", help="Stream id.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     redis: RedisOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -745,7 +768,9 @@ def worker(
     config: ConfigOpt = None,
 ) -> None:
     """Ingest streams from the Redis work list (start them through any API process)."""
-    settings = _settings(config, **{"redis.url": redis, "redis.worker_streams": streams})
+    settings = _settings(
+        config, service=True, **{"redis.url": redis, "redis.worker_streams": streams}
+    )
     asyncio.run(_worker(settings))
 
 
@@ -820,7 +845,13 @@ def main() -> None:
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)
-        err.print(f"[red]error:[/] {e.__class__.__name__}: {escape(str(e))}", highlight=False)
+        cause = first_error(e)
+        if isinstance(cause, LivesenseError):
+            err.print(f"[red]error:[/] {escape(str(cause))}", highlight=False)
+        else:
+            err.print(
+                f"[red]error:[/] {cause.__class__.__name__}: {escape(str(cause))}", highlight=False
+            )
         sys.exit(1)
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from livesense.drop_policy import DropPolicy
 from livesense.errors import ConfigError
+
+ENV_PREFIX = "LIVESENSE_"
 
 
 class SnippetSettings(BaseModel):
@@ -345,7 +351,7 @@ class ResilienceSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="LIVESENSE_", env_nested_delimiter="__", extra="ignore"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
     )
 
     memory: Path = Path("livesense-memory")
@@ -361,41 +367,181 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     media: MediaLimits = MediaLimits()
     resilience: ResilienceSettings = ResilienceSettings()
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info",
+        description="Level of the service's log (livesense and the HTTP server; access lines "
+        "at debug).",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    path: str | Path | None = None, *, flags: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
     """Settings from an optional YAML file, the environment and explicit overrides.
 
     Overrides are dotted keys ("snippet.seconds") or top-level names; None values are
-    ignored so CLI flags that were not given do not clobber the file or the environment.
+    ignored so CLI flags that were not given do not clobber the file or the environment
+    (`flags` names the CLI flag of a key, for messages). Unknown keys in the file and
+    unknown LIVESENSE_* variables that resemble a setting are refused with the nearest valid
+    name; every message names the setting and where its value came from.
     """
     data: dict[str, Any] = {}
+    shown = ""
     if path is not None:
         p = Path(path)
+        shown = str(p)
         if not p.is_file():
             raise ConfigError(f"The settings file {p} does not exist.")
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"The settings file {p} is not valid YAML: {e}.") from None
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"The settings file {p} is not valid YAML{at}.") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"The settings file {p} must hold a mapping.")
+        _check_keys(loaded, Settings, (), p)
         data = loaded
-    env = Settings()  # only what the environment set is kept below
-    merged = _deep_merge(data, env.model_dump(exclude_unset=True))
+    env_names = _env_settings()
+    try:
+        env = Settings()  # only what the environment set is kept below
+    except ValidationError as e:
+        raise ConfigError(_explain(e, lambda loc: _env_origin(loc, env_names))) from None
+    except SettingsError as e:
+        raise ConfigError(_explain_settings_error(e, env_names)) from None
+    cli: dict[str, Any] = {}
     for key, value in overrides.items():
         if value is None:
             continue
-        node = merged
+        node = cli
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
+    merged = _deep_merge(_deep_merge(data, env.model_dump(exclude_unset=True)), cli)
+    given = {k for k, v in overrides.items() if v is not None}
+
+    def origin(loc: tuple[str, ...]) -> str:
+        for n in range(len(loc), 0, -1):
+            key = ".".join(loc[:n])
+            if key in given:
+                flag = (flags or {}).get(key)
+                return f"the flag {flag}" if flag else "the command line"
+        env_from = _env_origin(loc, env_names)
+        if env_from:
+            return env_from
+        return f"the settings file {shown}" if shown else ""
+
     try:
         return Settings(**merged)
-    except Exception as e:  # pydantic.ValidationError
-        raise ConfigError(f"Invalid settings: {str(e).splitlines()[0]}.") from None
+    except ValidationError as e:
+        raise ConfigError(_explain(e, origin)) from None
+
+
+def _check_keys(data: dict[str, Any], model: type[BaseModel], at: tuple[str, ...], p: Path) -> None:
+    """Refuse keys of the settings file that name no setting, with the nearest valid name."""
+    fields = model.model_fields
+    for key, value in data.items():
+        name = ".".join((*at, str(key)))
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {'.'.join((*at, near[0]))}?" if near else "."
+            raise ConfigError(f"The settings file {p} has an unknown setting {name}{hint}")
+        sub = _model_of(fields[key].annotation)
+        if sub is not None and isinstance(value, dict):
+            _check_keys(value, sub, (*at, str(key)), p)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings group a field holds (SnippetSettings for `snippet`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def setting_names() -> list[tuple[str, ...]]:
+    """Every setting's path, groups included: ("snippet",), ("snippet", "seconds"), ..."""
+    out: list[tuple[str, ...]] = []
+
+    def walk(model: type[BaseModel], at: tuple[str, ...]) -> None:
+        for name, f in model.model_fields.items():
+            out.append((*at, name))
+            sub = _model_of(f.annotation)
+            if sub is not None:
+                walk(sub, (*at, name))
+
+    walk(Settings, ())
+    return out
+
+
+def env_name(path: tuple[str, ...]) -> str:
+    """A setting's environment variable: ("snippet", "seconds") -> LIVESENSE_SNIPPET__SECONDS."""
+    return ENV_PREFIX + "__".join(path).upper()
+
+
+def _env_settings() -> dict[str, tuple[str, ...]]:
+    """The LIVESENSE_* variables set, by the setting each names; a variable that names none
+    but resembles one (a typo) is refused with the nearest valid name. Variables that
+    resemble no setting are left alone: tools use the prefix too (LIVESENSE_FUZZ_SEED)."""
+    known = {env_name(path): path for path in setting_names()}
+    groups = {path[0] for path in setting_names() if len(path) > 1}
+    found: dict[str, tuple[str, ...]] = {}
+    for var in os.environ:
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if upper in known:
+            found[var] = known[upper]
+            continue
+        rest = upper[len(ENV_PREFIX) :]
+        names = [k[len(ENV_PREFIX) :] for k in known]
+        near = difflib.get_close_matches(rest, names, n=1, cutoff=0.8)
+        if near or ("__" in rest and rest.split("__")[0].lower() in groups):
+            hint = f"; did you mean {ENV_PREFIX}{near[0]}?" if near else "."
+            raise ConfigError(f"The environment variable {var} names no setting{hint}")
+    return found
+
+
+def _env_origin(loc: tuple[Any, ...], env_names: dict[str, tuple[str, ...]]) -> str:
+    for var, path in env_names.items():
+        if tuple(loc[: len(path)]) == path:
+            return f"the environment variable {var}"
+    return ""
+
+
+def _explain(e: ValidationError, origin: Callable[[tuple[str, ...]], str]) -> str:
+    """One sentence for pydantic's report: the first invalid setting, where it came from, and
+    what is wrong with it."""
+    errors = e.errors()
+    first = errors[0]
+    loc = tuple(str(part) for part in first["loc"])
+    name = ".".join(loc) or "settings"
+    where = origin(loc)
+    where = f" (from {where})" if where else ""
+    reason = str(first["msg"]).rstrip(".")
+    value = first.get("input")
+    if isinstance(value, str | int | float | bool) and len(repr(value)) <= 40:
+        name = f"{name} = {value!r}"
+    more = len(errors) - 1
+    tail = f"; {more} more setting{'s are' if more > 1 else ' is'} invalid" if more else ""
+    return f"The setting {name}{where} is invalid: {reason}{tail}."
+
+
+def _explain_settings_error(e: SettingsError, env_names: dict[str, tuple[str, ...]]) -> str:
+    """pydantic-settings could not parse a variable (a list or mapping that is not JSON)."""
+    text = str(e)
+    for var, path in env_names.items():
+        if f'"{path[-1]}"' in text or f'"{path[0]}"' in text:
+            return (
+                f"The environment variable {var} could not be read: lists and mappings "
+                "must be written as JSON."
+            )
+    return f"The LIVESENSE_* environment could not be read: {text.splitlines()[0]}."
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -52,3 +52,27 @@ def missing_package(package: str, what: str, extra: str | None = None) -> ModelM
     return ModelMissingError(
         f"{what} needs the package '{package}', which is not installed: {how}."
     )
+
+
+def first_error(e: BaseException) -> BaseException:
+    """The error to tell the user about: a group of errors (a TaskGroup's) gives its first
+    LivesenseError, else its first error that is not a cancellation."""
+    if not isinstance(e, BaseExceptionGroup):
+        return e
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for x in g.exceptions:
+            if isinstance(x, BaseExceptionGroup):
+                walk(x)
+            else:
+                leaves.append(x)
+
+    walk(e)
+    for x in leaves:
+        if isinstance(x, LivesenseError):
+            return x
+    import asyncio
+
+    real = [x for x in leaves if not isinstance(x, asyncio.CancelledError)]
+    return (real or leaves or [e])[0]

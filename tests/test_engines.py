@@ -105,7 +105,7 @@ def test_settings_carry_the_engine_section_from_yaml_and_env(
     s = load_settings(cfg, **{"engines.batch_max_delay_ms": 4.0})
     assert (s.device, s.engines.precision, s.engines.batch_max_size) == ("cpu", "int8", 8)
     assert (s.engines.backend, s.engines.batch_max_delay_ms) == ("ort-cpu", 4.0)
-    with pytest.raises(LivesenseError, match="Invalid settings"):
+    with pytest.raises(LivesenseError, match="The setting engines.backend = 'vulkan'"):
         load_settings(None, **{"engines.backend": "vulkan"})
 
 

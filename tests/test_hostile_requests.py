@@ -3,9 +3,13 @@ malformed and tricky requests. Nothing may answer 5xx; every refusal says why in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import string
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +23,14 @@ from hypothesis import strategies as st
 from starlette.testclient import WebSocketDenialResponse
 
 from livesense.api.app import Services, create_app
+from livesense.api.server import Server, server_config
 from livesense.api.tokens import SqliteTokenStore
 from livesense.config import PerceptionSettings, SecuritySettings, load_settings
 from livesense.memory.store import MemoryStore
 from livesense.memory.watch import WatchHub
 from livesense.pipeline.manager import StreamManager
 from livesense.pipeline.perception import Perception
-from tests.test_auth import ADMIN, fill
+from tests.test_auth import ADMIN, fill, free_port
 
 EXAMPLES = int(os.environ.get("LIVESENSE_FUZZ_REQUESTS", "60"))  # per operation
 FUZZED = {"requests": 0, "by_status": {}}
@@ -376,3 +381,52 @@ def test_hostile_trickle_candidates_are_a_400_and_the_session_lives_on(fz: Fuzze
         assert fz.client.patch(where, content=good.encode(), headers=frag).status_code == 204
     finally:
         assert fz.client.delete(where, headers=auth).status_code == 200
+
+
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send bytes as they are (no client library would send these) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with contextlib.suppress(OSError):  # the server may answer before all is sent
+            s.sendall(data)
+        out = b""
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                out += chunk
+    return out
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "reason"),
+    [
+        (b"GET /v1/search?q=" + b"a" * (2 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+         "request line is longer"),
+        (b"GET /v1/search?q=a\nb HTTP/1.1\r\nHost: x\r\n\r\n", 400, "not valid HTTP"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (1 << 20) + b"\r\n\r\n", 431,
+         "request head is longer"),
+    ],
+    ids=["2MB-query", "raw-newline", "1MB-header"],
+)
+def test_requests_the_parser_refuses_get_a_json_reason_from_the_real_server(
+    fz: Fuzzed, request_bytes: bytes, status: int, reason: str
+) -> None:
+    server = Server(server_config(fz.app, host="127.0.0.1", port=free_port(),
+                                  log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        port = server.config.port
+        answer = raw_request(port, request_bytes)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:300]
+        assert b"content-type: application/json" in head.lower()
+        error = json.loads(body)["error"]
+        assert reason in error and "\n" not in error, error
+        ok = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)  # still serving
+        assert ok.status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -2,14 +2,19 @@
 at accelerated speed through every real model while HTTP and WebSocket queries run
 concurrently. RSS, open files and threads must stay flat, lag bounded, and nothing may fail.
 
-`make soak` runs one simulated hour; `make test` runs three simulated minutes.
+`make soak` runs three simulated hours (at 8x: about 23 minutes); `make test` runs three simulated
+minutes. Both write their figures to tests/artifacts/ (RSS, malloc, objects that grew, lag).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import ctypes
+import gc
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -124,6 +129,28 @@ def open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def malloc_mib() -> tuple[float, float]:
+    """(in use, free but kept) by glibc's malloc, MiB; (0, 0) where mallinfo2 is missing."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return 0.0, 0.0
+    fn.restype = _Mallinfo2
+    m = fn()
+    return (m.uordblks + m.hblkhd) / 2**20, m.fordblks / 2**20
+
+
+def objects_by_type() -> collections.Counter[str]:
+    """Live objects the garbage collector tracks, counted by type name."""
+    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+
+
 class Queries(threading.Thread):
     """Searches, asks, listings, timelines, keyframes and a watch socket, as fast as they go."""
 
@@ -199,10 +226,17 @@ async def soak(root: Path, seconds: float, speed: float) -> dict[str, Any]:
     samples: list[dict[str, float]] = []
     began = time.monotonic()
     task = manager.tasks["soak"]
+    types_warm: collections.Counter[str] | None = None
     while not task.done():
         await asyncio.sleep(1.0)
         st = pipeline.status
+        if types_warm is None and source.produced >= seconds / 5:
+            types_warm = objects_by_type()
+        used, kept = malloc_mib()
         samples.append({
+            "py_blocks": sys.getallocatedblocks(),
+            "malloc_used": used,
+            "malloc_free": kept,
             "real": time.monotonic() - began,
             "stream": source.produced,
             "rss": rss_mib(),
@@ -218,14 +252,17 @@ async def soak(root: Path, seconds: float, speed: float) -> dict[str, Any]:
     server.should_exit = True
     await serving
     stored = store.count("soak")
+    grown = objects_by_type()
+    grown.subtract(types_warm or {})
     store.close()
     tokens.close()
     return {"status": status.to_json(), "samples": samples, "queries": queries.done,
             "query_errors": queries.errors, "watched": queries.watched, "stored": stored,
-            "real_seconds": time.monotonic() - began}
+            "real_seconds": time.monotonic() - began,
+            "objects_grown": [(k, v) for k, v in grown.most_common(12) if v > 0]}
 
 
-def check(result: dict[str, Any], seconds: float, name: str) -> None:
+def check(result: dict[str, Any], seconds: float, name: str, max_drift: float = 64.0) -> None:
     status, samples = result["status"], result["samples"]
     out = Path(__file__).parent / "artifacts"
     out.mkdir(exist_ok=True)
@@ -235,6 +272,14 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
     quarter = max(1, len(samples) // 4)
     lag_early = float(np.mean([s["lag"] for s in samples[quarter : 2 * quarter]]))
     lag_late = float(np.mean([s["lag"] for s in samples[-quarter:]]))
+    # RSS against stream time once warm: as it is, and with what the queues hold (the lag, which
+    # follows the machine's load) taken out by a joint fit of RSS on time and lag.
+    after = samples[max(1, len(samples) // 5) :]
+    hours = np.array([s["stream"] / 3600 for s in after])
+    rss = np.array([s["rss"] for s in after])
+    slope = float(np.polyfit(hours, rss, 1)[0])
+    design = np.column_stack([hours, [s["lag"] for s in after], np.ones_like(hours)])
+    slope_at_lag, per_lag_s, _ = np.linalg.lstsq(design, rss, rcond=None)[0]
     summary = {
         "simulated_seconds": seconds,
         "real_seconds": round(result["real_seconds"], 1),
@@ -249,6 +294,9 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
         "rss_mib_max": round(max(s["rss"] for s in samples), 1),
         "rss_drift_mib": round(last["rss"] - warm["rss"], 1),
         "rss_drift_second_half_mib": round(last["rss"] - half["rss"], 1),
+        "rss_slope_mib_per_simulated_hour": round(slope, 1),
+        "rss_slope_mib_per_simulated_hour_at_equal_lag": round(float(slope_at_lag), 1),
+        "rss_mib_per_s_of_lag": round(float(per_lag_s), 2),
         "files_warm": warm["files"],
         "files_end": last["files"],
         "threads_warm": warm["threads"],
@@ -256,8 +304,11 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
         "max_lag_s": round(max(s["lag"] for s in samples), 1),
         "lag_second_quarter_s": round(lag_early, 1),
         "lag_last_quarter_s": round(lag_late, 1),
-        "series": [  # (simulated s, RSS MiB, open files, threads, lag s), ~20 points
-            [round(s["stream"]), round(s["rss"]), s["files"], s["threads"], round(s["lag"])]
+        "objects_grown": result["objects_grown"],
+        "series": [  # (simulated s, RSS MiB, open files, threads, lag s, Python blocks,
+            # malloc in use MiB, malloc free but kept MiB), ~20 points
+            [round(s["stream"]), round(s["rss"]), s["files"], s["threads"], round(s["lag"]),
+             s["py_blocks"], round(s["malloc_used"]), round(s["malloc_free"])]
             for s in samples[:: max(1, len(samples) // 20)]
         ],
     }
@@ -267,7 +318,7 @@ def check(result: dict[str, Any], seconds: float, name: str) -> None:
     assert status["stage_failures"] == 0 and status["unsaved"] == 0
     assert status["position"] >= seconds - 4.0
     assert result["queries"] > 20 and result["watched"] > 0
-    assert summary["rss_drift_mib"] < 64, summary
+    assert summary["rss_drift_mib"] < max_drift, summary
     assert last["files"] <= warm["files"] + 4, summary
     assert last["threads"] <= warm["threads"] + 2, summary
     # lag can't pass what the bounded queues hold (media 256 items ~ 64 s, snippets and
@@ -282,7 +333,9 @@ async def test_soak_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.timeout(3600)
-async def test_soak_one_simulated_hour(tmp_path: Path) -> None:
-    seconds = 3600.0
-    check(await soak(tmp_path, seconds, speed=12.0), seconds, "soak_hour")
+@pytest.mark.timeout(3 * 3600)
+async def test_soak_three_simulated_hours(tmp_path: Path) -> None:
+    seconds = 3 * 3600.0
+    result = await soak(tmp_path, seconds, speed=8.0)
+    # Without the heap's tuning and trimming (livesense.pipeline.heap) the drift was 35 MiB.
+    check(result, seconds, "soak_3h", max_drift=32.0)

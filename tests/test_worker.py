@@ -35,8 +35,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     yield from redis_server(tmp_path_factory.mktemp("redis-workers"))
 
 
-def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+def spawn(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "livesense.cli", *args],
@@ -141,3 +141,59 @@ def test_two_workers_take_over_a_stream_and_the_api_stays_stateless(
                 p.wait(10)
             if p.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM):
                 print(name, (tmp_path / name).read_text(errors="replace")[-3000:])
+
+
+RESTART_TTL = 15.0  # longer than a CLI takes to start on a busy machine
+
+
+def ingest(server: RedisServer, clip: Path, log: Path, *more: str) -> subprocess.Popen[bytes]:
+    return spawn("ingest", str(clip), "--redis", server.url, "--stream", "r1", *more, log=log,
+                 env={"LIVESENSE_REDIS__LEASE_TTL": str(RESTART_TTL)})
+
+
+def stored(server: RedisServer, stream: str) -> int:
+    with RedisStore(server.url, readonly=True) as store:
+        return store.count(stream)
+
+
+def test_an_ingest_restarted_after_sigkill_waits_for_the_lease_and_resumes(
+    server: RedisServer, sample_clip: Path, tmp_path: Path
+) -> None:
+    first = ingest(server, sample_clip, tmp_path / "first", "--realtime")
+    try:
+        wait_for("two stored moments", lambda: stored(server, "r1") >= 2)
+    finally:
+        first.kill()  # SIGKILL mid-stream: the lease is left to expire
+        first.wait(30)
+    began = time.monotonic()
+    second = ingest(server, sample_clip, tmp_path / "second")
+    assert second.wait(120) == 0, (tmp_path / "second").read_text()
+    took = time.monotonic() - began
+    said = (tmp_path / "second").read_text()
+    assert said.count("waiting up to") == 1 and "still leased to" in said, said
+    assert "Traceback" not in said and "ExceptionGroup" not in said
+    assert took < RESTART_TTL + 60  # the lease, model loading, 14 s of clip as fast as it goes
+    with RedisStore(server.url, readonly=True) as store:
+        moments = store.timeline("r1")
+        assert [m.start for m in moments] == [2.0 * i for i in range(7)]  # none lost or doubled
+        summary = store.summary("r1")
+        assert summary is not None and summary.snippets == 7
+        assert store.holder("r1") is None
+
+
+def test_a_second_ingest_of_a_live_holders_stream_is_refused_in_one_sentence(
+    server: RedisServer, sample_clip: Path, tmp_path: Path
+) -> None:
+    with RedisStore(server.url) as store:  # a holder that is alive: it renews its lease
+        assert store.acquire("held")
+        began = time.monotonic()
+        other = spawn("ingest", str(sample_clip), "--redis", server.url, "--stream", "held",
+                      log=tmp_path / "other")
+        assert other.wait(120) == 1
+        said = (tmp_path / "other").read_text().strip()
+        refusal = f"Stream held is being ingested by {store.token}; stop it there first."
+        assert said.endswith(refusal), said
+        assert "Traceback" not in said and "ExceptionGroup" not in said, said
+        assert time.monotonic() - began < 30
+        assert store.holder("held") == store.token  # kept
+        store.release("held")

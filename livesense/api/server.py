@@ -3,7 +3,13 @@ drain its streams and flush memory before the process exits (uvicorn alone re-ra
 signal at once, which would kill the process before that); and its connections guarded as
 production servers guard theirs (header timeout, connections per client address). The CLI
 binds the socket first (`listen`), so a port that cannot be had is one sentence before anything
-starts."""
+starts.
+
+Requests that are not HTTP at all (a raw newline in the request line, a request line or head
+longer than the parser holds) never reach the app: `Http11Protocol` answers them like the app
+answers its refusals (414, 431 or 400 with a JSON reason), then reads and drops what the client
+still sends for a moment before closing, so that a client still sending gets the answer.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,82 @@ import asyncio
 import contextlib
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from livesense.config import SecuritySettings
 from livesense.errors import LivesenseError
+
+MAX_HEAD = 16 * 1024
+"""Longest request line plus headers (bytes) the HTTP parser waits for while they arrive."""
+LINGER = 2.0
+"""Seconds a refused connection is read and dropped before it closes."""
+LINGER_BYTES = 16 << 20
+"""At most this much of a refused request is read and dropped."""
+
+
+def server_config(
+    app: Any, guard: ConnectionGuard | None = None, **kwargs: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration with this service's HTTP/1.1 protocol, guarded by `guard`
+    (slow headers, connections per client) when given."""
+    if guard is None:
+        return uvicorn.Config(
+            app, http=Http11Protocol, h11_max_incomplete_event_size=MAX_HEAD, **kwargs
+        )
+    http, ws = guard.protocols(Http11Protocol)
+    return uvicorn.Config(
+        app, http=http, ws=ws or "none", h11_max_incomplete_event_size=MAX_HEAD, **kwargs
+    )
+
+
+class Http11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, refusing what is not HTTP with a status and a JSON reason."""
+
+    _dropping = 0
+
+    def send_400_response(self, msg: str) -> None:
+        """Called by uvicorn while the parser's error is being handled."""
+        error = sys.exc_info()[1]
+        head = bytes(getattr(self.conn, "_receive_buffer", b""))[: MAX_HEAD + 2]
+        if getattr(error, "error_status_hint", 400) == 431:
+            if b"\n" not in head:
+                status, reason = 414, f"The request line is longer than {MAX_HEAD} bytes."
+            else:
+                status, reason = 431, f"The request head is longer than {MAX_HEAD} bytes."
+        else:
+            why = str(error).split(":")[0].strip().rstrip(".") if error is not None else ""
+            status = 400
+            reason = f"The request is not valid HTTP ({why})." if why else msg
+        body = json.dumps({"error": reason}).encode()
+        head_out = (
+            f"HTTP/1.1 {status} {h11_reason(status)}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        ).encode()
+        self.transport.write(head_out + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._dropping = 1  # from now on data_received drops what comes
+        self.loop.call_later(LINGER, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._dropping:
+            self._dropping += len(data)
+            if self._dropping > LINGER_BYTES:
+                self.transport.close()
+            return
+        super().data_received(data)
+
+
+def h11_reason(status: int) -> str:
+    return {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large"}[
+        status
+    ]
+
 
 
 class Server(uvicorn.Server):
@@ -67,13 +142,13 @@ class ConnectionGuard:
             self.open.pop(client, None)
 
     def protocols(
-        self, http: str = "auto", ws: str = "auto"
+        self, http_cls: type[asyncio.Protocol], ws: str = "auto"
     ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol] | None]:
-        """uvicorn's HTTP and WebSocket protocol classes (as its settings name them), guarded."""
-        from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
+        """An HTTP protocol class and uvicorn's WebSocket protocol (as its settings name it),
+        guarded."""
+        from uvicorn.config import WS_PROTOCOLS
         from uvicorn.importer import import_from_string
 
-        http_cls = import_from_string(HTTP_PROTOCOLS[http])
         name = f"Guarded{http_cls.__name__}"
         guarded_http = type(name, (_GuardedHTTP, http_cls), {"guard": self})
         ws_name = WS_PROTOCOLS[ws]

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from livesense.api.tokens import TokenStore, open_token_store
+from livesense.config import load_settings
 
 token_app = typer.Typer(
     help="Scoped API tokens: a token may read, publish to or manage one stream.",
@@ -17,15 +18,31 @@ token_app = typer.Typer(
 )
 out = Console()
 
-MemoryOpt = Annotated[Path, typer.Option("--memory", help="Memory directory holding tokens.db.")]
+MemoryOpt = Annotated[
+    Path | None, typer.Option("--memory", help="Memory directory holding tokens.db.")
+]
 RedisOpt = Annotated[
     str | None, typer.Option("--redis", help="redis://host:port/db: tokens kept in Redis.")
 ]
-PrefixOpt = Annotated[str, typer.Option("--redis-prefix", help="Prefix of the Redis keys.")]
+PrefixOpt = Annotated[
+    str | None, typer.Option("--redis-prefix", help="Prefix of the Redis keys (default ls).")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML settings file (LIVESENSE_* env also read).")
+]
 
 
-def _store(memory: Path, redis: str | None, prefix: str) -> TokenStore:
-    return open_token_store(memory, redis, prefix)
+def _store(
+    memory: Path | None, redis: str | None, prefix: str | None, config: Path | None
+) -> TokenStore:
+    """The token store the settings name: file < LIVESENSE_* environment < the flags given."""
+    s = load_settings(
+        config,
+        flags={"memory": "--memory", "redis.url": "--redis", "redis.prefix": "--redis-prefix"},
+        memory=memory,
+        **{"redis.url": redis, "redis.prefix": prefix},
+    )
+    return open_token_store(s.memory, s.redis.url, s.redis.prefix)
 
 
 @token_app.command("create")
@@ -37,13 +54,14 @@ def create(
     stream: Annotated[
         str | None, typer.Option("--stream", help="The one stream it covers (admin: all if none).")
     ] = None,
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     redis: RedisOpt = None,
-    redis_prefix: PrefixOpt = "ls",
+    redis_prefix: PrefixOpt = None,
+    config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Issue a token and print it: it is shown this once and stored only as a hash."""
-    store = _store(memory, redis, redis_prefix)
+    store = _store(memory, redis, redis_prefix, config)
     try:
         token, info = store.create(scope, stream)
     finally:
@@ -57,12 +75,13 @@ def create(
 @token_app.command("revoke")
 def revoke(
     token: Annotated[str, typer.Argument(help="The token's id (see `token list`) or the token.")],
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     redis: RedisOpt = None,
-    redis_prefix: PrefixOpt = "ls",
+    redis_prefix: PrefixOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Revoke a token: the next request that presents it is refused."""
-    store = _store(memory, redis, redis_prefix)
+    store = _store(memory, redis, redis_prefix, config)
     try:
         info = store.revoke(token)
     finally:
@@ -72,13 +91,14 @@ def revoke(
 
 @token_app.command("list")
 def list_tokens(
-    memory: MemoryOpt = Path("livesense-memory"),
+    memory: MemoryOpt = None,
     redis: RedisOpt = None,
-    redis_prefix: PrefixOpt = "ls",
+    redis_prefix: PrefixOpt = None,
+    config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List issued tokens (ids, scopes, streams; never the tokens)."""
-    store = _store(memory, redis, redis_prefix)
+    store = _store(memory, redis, redis_prefix, config)
     try:
         infos = store.list()
     finally:

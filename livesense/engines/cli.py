@@ -44,7 +44,9 @@ ModelOpt = Annotated[
 
 
 def _settings(config: Path | None, backend: str | None, device: str | None) -> Settings:
-    return load_settings(config, **{"engines.backend": backend, "device": device})
+    given: dict[str, Any] = {"engines.backend": backend, "device": device}
+    return load_settings(config, flags={"engines.backend": "--backend", "device": "--device"},
+                         **given)
 
 
 def _chatty() -> None:

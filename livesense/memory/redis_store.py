@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -340,6 +340,48 @@ class RedisStore(Store):
         self._owned.add(stream)
         self._health.fenced.pop(stream, None)
         return True
+
+    def wait_for_lease(self, stream: str, say: Callable[[str], None] | None = None) -> None:
+        """Take the stream's lease, waiting for one whose holder stopped renewing it.
+
+        A process killed without a goodbye leaves its lease to expire (at most
+        `redis.lease_ttl`); a restarted ingest waits for that, saying so once through `say`.
+        A holder that is alive renews its lease every third of the TTL: seen renewed (or
+        taken by a third process), the wait ends at once with a one-sentence refusal.
+        """
+        if self.acquire(stream):
+            return
+        ttl = self.redis_settings.lease_ttl
+        key = self.keys.lease(stream)
+        holder, left = self._call(self._lease_state(key), "read a lease")
+        if say is not None and holder is not None:
+            say(
+                f"stream {stream} is still leased to {holder}; waiting up to {left / 1000:.1f} s "
+                "for the lease to expire (a process that died no longer renews it)"
+            )
+        deadline = time.monotonic() + ttl + 1.0
+        while time.monotonic() < deadline:
+            time.sleep(min(0.2, ttl / 10))
+            if self.acquire(stream):
+                return
+            now_holder, now_left = self._call(self._lease_state(key), "read a lease")
+            if now_holder is not None and (now_holder != holder or now_left > left + 50):
+                holder = now_holder
+                break  # renewed, or taken by someone else: its holder is alive
+            if now_holder is not None:
+                left = now_left
+        raise LivesenseError(
+            f"Stream {stream} is being ingested by {holder or 'another process'}; "
+            "stop it there first."
+        )
+
+    async def _lease_state(self, key: str) -> tuple[str | None, int]:
+        """(holder, milliseconds left) of a lease; (None, 0) when it is free."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, left = await pipe.execute()
+        return (None if raw is None else raw.decode()), max(0, int(left))
 
     def owns(self, stream: str) -> bool:
         """Whether this store still holds the stream's lease (as far as it knows)."""

@@ -17,9 +17,11 @@ context) to the end of the buffered audio and commits, in order, the new words (
 the last committed word) that end GUARD seconds before the audio's end (Whisper's last word at
 a cut is unreliable). When the VAD has heard no speech in the last QUIET_EDGE seconds, the call
 stops at the speech's end and commits every word that starts inside the speech. When the region
-closes, the rest is transcribed. A committed word whose midpoint lies in a snippet that has
-already left goes to the earliest snippet still held (the one being pushed, or at a break the
-snippet after it), keeping its own true times: in running speech a snippet's last word or two
+closes, the rest is transcribed. A committed word never starts before the one committed
+before it ends (where two calls time a boundary a little apart, its start moves to that end).
+A committed word whose midpoint lies in a snippet that has already left goes to the earliest
+snippet still held (the one being pushed, or at a break the snippet after it), keeping its own
+times: in running speech a snippet's last word or two
 (those ending in its last GUARD seconds or crossing its end) are found in the next snippet. The
 stream's final snippet (`Snippet.last`) closes the region at once, so the words of a live
 stream that ends in mid-speech land in it. At most one Whisper call runs per push while speech
@@ -157,6 +159,7 @@ class AudioPerception:
         self._energy_tail: list[float] = []
         self._shed = 0
         self._calls_before = 0  # asr_calls when the current push began
+        self._word_end = 0.0  # end (s) of the last committed word: the next starts after it
 
     # -- public API -------------------------------------------------------------------------
 
@@ -204,6 +207,7 @@ class AudioPerception:
         self._break()
         out = self._release()
         self._released_until = self._last_region_end = 0
+        self._word_end = 0.0
         return out
 
     @property
@@ -363,7 +367,10 @@ class AudioPerception:
                 break
             if word.start * AUDIO_RATE >= min(speech_end, end - AUDIO_RATE // 50):
                 break  # after the last speech the VAD heard, or timed past the audio: invented
+            if word.start < self._word_end:  # two calls timed a boundary a bit apart
+                word = Word(word.text, self._word_end, max(word.end, self._word_end), word.prob)
             self._place(word)
+            self._word_end = word.end
             region.commit(round(word.end * AUDIO_RATE))
 
     def _place(self, word: Word) -> None:

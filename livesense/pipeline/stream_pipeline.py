@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from livesense.config import Settings
-from livesense.errors import LivesenseError
+from livesense.errors import LivesenseError, first_error
 from livesense.memory.store_base import Store
 from livesense.pipeline import metrics
+from livesense.pipeline.heap import trim_heap, tune_heap
 from livesense.pipeline.perception import Perception
 from livesense.pipeline.persister import Persister
 from livesense.pipeline.queues import BoundedQueue, DropPolicy
@@ -123,6 +124,7 @@ class StreamPipeline:
         self.perception = perception
         self.realtime = realtime
         self.status = StreamStatus(stream=stream, url=shown_url(url))  # no credentials shown
+        tune_heap()
         self.on_record = on_record
         self.source: Source | None = source  # given: already open (e.g. a WebRTC track)
         self.append = append
@@ -160,7 +162,8 @@ class StreamPipeline:
             self.status.move(StreamState.STOPPED)
             raise
         except Exception as e:  # a bug: report it in one line and keep what is stored
-            log.exception("stream %s failed", self.stream)
+            log.error("stream %s failed: %s: %s", self.stream, e.__class__.__name__, e)
+            log.debug("stream %s failed", self.stream, exc_info=True)
             self.status.move(StreamState.ERROR)
             self.status.error = f"Stream {self.stream} failed: {e.__class__.__name__}: {e}."
         finally:
@@ -218,11 +221,14 @@ class StreamPipeline:
         seen: BoundedQueue[Seen | EndOfQueue] = BoundedQueue(
             "features", s.queues.snippets, DropPolicy.WAIT
         )
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._produce(source, snippets))
-            tg.create_task(self._see(snippets, seen))
-            # A paced file holds speech back no longer than a live source does.
-            tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._produce(source, snippets))
+                tg.create_task(self._see(snippets, seen))
+                # A paced file holds speech back no longer than a live source does.
+                tg.create_task(self._hear_and_store(seen, live=source.live or self.realtime))
+        except* Exception as group:  # the stage that failed says why, not the group
+            raise first_error(group) from None
 
     async def _recording_base(self, source: Source) -> int:
         """Where a recording starts on the stream's clock (see __init__); a recording put
@@ -440,6 +446,7 @@ class StreamPipeline:
             self.status.drops = self.drops()
             if self.on_record is not None:
                 self.on_record(self.status)
+        trim_heap()
 
     def drops(self) -> int:
         """Media items and snippets dropped so far (live sources only)."""
