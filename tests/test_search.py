@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from livesense.engines.text import TextEmbedder, shared_text_embedder
 from livesense.errors import QueryError
-from livesense.memory.index import FIT_AT, PROBE, VectorIndex
+from livesense.memory.index import FIT_AT, PROBE, VectorIndex, _token_rows
 from livesense.memory.store import MemoryStore
 from livesense.records import Evidence, OcrLine, SnippetRecord, Word
 
@@ -274,3 +275,69 @@ def test_dense_recall_against_brute_force() -> None:
     assert dense_recall_at_10(index, queries[:20], start=0.0, end=8000.0) >= 0.95
     narrow, _, _ = recall_store(1)
     assert dense_recall_at_10(narrow, queries) < 0.9
+
+
+def test_appends_and_removals_while_searching_and_fitting(tmp_path: Path) -> None:
+    """Records appended and removed while other threads search and the lists are fitted in the
+    background are all found (or gone) afterwards; the fitted lists saved and loaded by a new
+    index holding the same records (some removed, some added since) give the same results."""
+    index, tokens, queries = recall_store(PROBE)
+    base = len(index)
+    extra = np.resize(tokens[::-1], (10000, 3, tokens.shape[1]))  # new records: twice the tokens
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def search() -> None:
+        while not stop.is_set():
+            try:
+                for q in queries[:5]:
+                    index.search(q, top_k=10)
+                    index.search(q, top_k=10, stream="cam2")
+            except BaseException as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for lo in range(0, 10000, 500):  # passes 2 x the fitted tokens: a background fit starts
+        rids = np.arange(lo, lo + 500) + base + 1
+        index.add_packed(
+            rids, ["late"] * 500, rids * 2.0, rids * 2.0 + 2.0, np.full(500, 3),
+            extra[lo : lo + 500].reshape(-1, extra.shape[2]),
+        )  # fmt: skip
+        index.remove(range(lo // 10 + 1, lo // 10 + 51))  # 50 early records a batch
+    fitted = index.lists
+    index.maybe_fit(wait=True)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert index.lists > fitted  # refitted for twice the tokens
+    assert len(index) == base + 10000 - 1000
+    assert dense_recall_at_10(index, queries) >= 0.95
+    for j in range(0, 8000, 1500):  # a late record's tokens find it; a removed one is gone
+        got = index.search(extra[j, 1], top_k=3, stream="late")
+        assert got[0][0] == base + 1 + j
+    assert all(r > 1000 for r, _ in index.search(tokens[0], top_k=50))
+
+    path = tmp_path / "vectors.faiss"
+    index.lists_path = path
+    index.save_lists()
+    index.remove(range(5000, 5100))
+    fresh = np.random.default_rng(9).standard_normal((2, tokens.shape[1])).astype(np.float32)
+    fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+    index.add(99999, fresh, "later", 0.0, 2.0)
+    loaded = VectorIndex(lists_path=path)
+    a, n = index._a, len(index._a.rids)
+    alive = np.flatnonzero(a.alive[:n])
+    loaded.add_packed(
+        a.rids[alive], [f"s{int(s)}" for s in a.stream[alive]], a.start[alive], a.end[alive],
+        a.tlen[alive], a.tokens[_token_rows(a.toff[alive], a.tlen[alive])].astype(np.float32),
+        fit=False,
+    )  # fmt: skip
+    assert loaded.load_lists(path) and loaded.lists == index.lists
+    for q in queries[:10]:
+        assert loaded.search(q, top_k=10) == index.search(q, top_k=10)
+    assert loaded.search(fresh[1], top_k=1)[0][0] == 99999
+    assert not VectorIndex().load_lists(tmp_path / "missing.faiss")

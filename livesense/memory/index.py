@@ -21,6 +21,7 @@ waits for more than an append.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -349,7 +350,7 @@ class VectorIndex:
                 return
             under_way.wait()  # a background fit: wait for it, then look again
         if wait:
-            self._fit(*snapshot)
+            self._fit(*snapshot, threads=os.cpu_count() or 1)
         else:
             threading.Thread(
                 target=self._fit, args=snapshot, name="vector-lists-fit", daemon=True
@@ -363,17 +364,19 @@ class VectorIndex:
         self._replay = []
         return a, rows, self._lists
 
-    def _fit(self, a: _Arrays, rows: np.ndarray, old: TokenLists) -> None:
+    def _fit(self, a: _Arrays, rows: np.ndarray, old: TokenLists, threads: int = 1) -> None:
         try:
             trows = _token_rows(a.toff[rows], a.tlen[rows])
             lists = lists_for(len(trows))
             rng = np.random.default_rng(0)
             pick = np.sort(rng.choice(trows, min(len(trows), FIT_SAMPLE * lists), replace=False))
-            new = TokenLists(self.dim, lists=lists, sample=a.tokens[pick], probe=self.probe)
+            new = TokenLists(
+                self.dim, lists=lists, sample=a.tokens[pick], probe=self.probe, threads=threads
+            )
             keys = token_keys(a.rids[rows], a.tlen[rows])
             for k in range(0, len(trows), 65536):
                 part = trows[k : k + 65536]
-                new.add(keys[k : k + 65536], a.tokens[part].astype(np.float32))
+                new.add(keys[k : k + 65536], a.tokens[part].astype(np.float32), threads=threads)
             with self._write:
                 if self._lists is not old or self._replay is None:
                     return  # cleared meanwhile

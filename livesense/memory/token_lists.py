@@ -9,7 +9,9 @@ the query. Appends assign a token to its list and removals take it out at once (
 direct map), with no refit; fitting a new set of lists is VectorIndex's job, off the writer.
 
 faiss may not be changed while it searches: many searches run at once, a write waits for
-them (a write of a snippet's tokens takes microseconds).
+them (a write of a snippet's tokens takes microseconds). Searches and writes run on the
+calling thread alone (OpenMP's threads, waiting for each other on busy cores, made a few
+writes in a hundred take 10-100 ms); a fit may use more.
 """
 
 from __future__ import annotations
@@ -92,9 +94,15 @@ class TokenLists:
     """An inverted file of token vectors (inner product on normalised vectors: the cosine)."""
 
     def __init__(
-        self, dim: int, *, lists: int = 1, sample: np.ndarray | None = None, probe: int = 32
+        self,
+        dim: int,
+        *,
+        lists: int = 1,
+        sample: np.ndarray | None = None,
+        probe: int = 32,
+        threads: int = 1,
     ) -> None:
-        """One exact list, or `lists` lists fitted on the rows of `sample`."""
+        """One exact list, or `lists` lists fitted on the rows of `sample` (with `threads`)."""
         self.dim = dim
         self.probe = probe
         self._lock = ReadWriteLock()
@@ -105,6 +113,7 @@ class TokenLists:
             return
         if sample is None or len(sample) < lists:
             raise ValueError(f"{lists} lists need a sample of at least {lists} tokens")
+        faiss.omp_set_num_threads(threads)
         x = np.ascontiguousarray(sample, np.float32)
         quantizer = faiss.IndexFlatIP(dim)
         self._main = faiss.IndexIVFScalarQuantizer(
@@ -144,9 +153,11 @@ class TokenLists:
     def __len__(self) -> int:
         return int(self._main.ntotal) + (0 if self._rare is None else int(self._rare.ntotal))
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1) -> None:
+        """Add tokens (keys not held yet); threads: faiss's threads for this call."""
         if len(keys) == 0:
             return
+        faiss.omp_set_num_threads(threads)
         x = np.ascontiguousarray(vectors, np.float32)
         ids = np.ascontiguousarray(keys, np.int64)
         rare = None if self._rare is None else self._closeness(x) < self.rare_below
@@ -162,6 +173,7 @@ class TokenLists:
     def remove(self, keys: np.ndarray) -> None:
         if len(keys) == 0:
             return
+        faiss.omp_set_num_threads(1)
         sel = faiss.IDSelectorArray(np.ascontiguousarray(keys, np.int64))
         with self._lock.writing():
             self._main.remove_ids(sel)
@@ -171,6 +183,7 @@ class TokenLists:
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
         """Keys of the (about) k tokens nearest q in the probed lists and the rare tokens,
         best first."""
+        faiss.omp_set_num_threads(1)
         x = np.ascontiguousarray(q, np.float32).reshape(1, -1)
         k = max(1, k)
         with self._lock.reading():
