@@ -341,3 +341,10 @@ def test_appends_and_removals_while_searching_and_fitting(tmp_path: Path) -> Non
         assert loaded.search(q, top_k=10) == index.search(q, top_k=10)
     assert loaded.search(fresh[1], top_k=1)[0][0] == 99999
     assert not VectorIndex().load_lists(tmp_path / "missing.faiss")
+    other = VectorIndex()  # another memory's records under the same ids: the file is refused
+    noise = np.random.default_rng(3).standard_normal((300, tokens.shape[1])).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    other.add_packed(
+        np.arange(2000, 2100), ["x"] * 100, np.zeros(100), np.ones(100), np.full(100, 3), noise
+    )
+    assert not other.load_lists(path) and other.lists == 1

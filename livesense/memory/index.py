@@ -431,14 +431,18 @@ class VectorIndex:
                 a, n = self._a, self._n
                 rows = np.flatnonzero(a.alive[:n])
             held = token_keys(a.rids[rows], a.tlen[rows])
+            trows = _token_rows(a.toff[rows], a.tlen[rows])
             saved = lists.keys()
+            found = np.isin(held, saved, assume_unique=True)
+            probe = np.flatnonzero(found)[:: max(1, int(found.sum()) // 64)][:64]
+            if not lists.agrees(held[probe], a.tokens[trows[probe]].astype(np.float32)):
+                log.warning("vector lists in %s hold other tokens; they are fitted again", path)
+                return False
             lists.remove(np.setdiff1d(saved, held, assume_unique=True))
-            missing = np.flatnonzero(~np.isin(held, saved, assume_unique=True))
-            if len(missing):
-                trows = _token_rows(a.toff[rows], a.tlen[rows])[missing]
-                lists.add(held[missing], a.tokens[trows].astype(np.float32))
+            if not found.all():
+                lists.add(held[~found], a.tokens[trows[~found]].astype(np.float32))
             self._lists = lists
-            self._fitted_at = len(lists)
+            self._fitted_at = int(found.sum())  # refitted once the tokens double from there
         return True
 
     # -- searching -----------------------------------------------------------------------

@@ -336,8 +336,10 @@ class MemoryStore(Store):
                 self._load_rows(conn, 0)
             finally:
                 conn.execute("COMMIT")
-            if not self._index.load_lists(self.lists_path):
-                self._index.maybe_fit(wait=True)
+            loaded = self._index.load_lists(self.lists_path)
+            self._index.maybe_fit(
+                wait=not loaded
+            )  # saved lists: a refit, if due, in the background
 
     def refresh(self) -> None:
         """Pick up what another process wrote since the last look (cheap when nothing did)."""

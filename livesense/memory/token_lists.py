@@ -16,6 +16,7 @@ writes in a hundred take 10-100 ms); a fit may use more.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -194,6 +195,20 @@ class TokenLists:
         order = np.argsort(-sims[0], kind="stable")[:k]
         found = ids[0][order]
         return found[found >= 0]
+
+    def agrees(self, keys: np.ndarray, vectors: np.ndarray) -> bool:
+        """Whether the tokens held under these keys are these vectors (to the codes'
+        precision): a file saved by another memory would hold other tokens under its keys."""
+        with self._lock.reading():
+            for key, vec in zip(keys.tolist(), vectors, strict=True):
+                held = None
+                for ivf in (self._main, self._rare):
+                    if ivf is not None and held is None:
+                        with contextlib.suppress(RuntimeError):  # not in this one
+                            held = ivf.reconstruct(int(key))
+                if held is None or float(np.dot(held, vec)) < 0.9 * float(np.dot(vec, vec)):
+                    return False
+        return True
 
     def keys(self) -> np.ndarray:
         """Every key held (for checking a loaded file against the store)."""
