@@ -510,16 +510,20 @@ def measure(
         cand.set_search(ef)
         run: dict[str, Any] = {"ef": ef} if library or tuned else {}
         for name, (texts, vecs, truth) in sets.items():
-            found, times = [], []
+            found, times, alone = [], [], []
             for text, q in zip(texts, vecs, strict=True):
                 t = time.perf_counter()
                 embed_one(text)  # the query's embedding, timed as part of the search
+                t_dense = time.perf_counter()
                 if library:  # the ef best tokens, as the search breadth finds them
                     found.append(c.rescore(q, cand.search(q, cand_count(cand, ef)), TOP))
                 else:
                     found.append(cand.search_moments(q, TOP))
                 times.append(time.perf_counter() - t)
-            run[name] = {"recall_at_10": recall(found, truth), **pct(times)}
+                alone.append(time.perf_counter() - t_dense)
+            dense = {f"dense_{k}": v for k, v in pct(alone).items()}
+            run[name] = {"recall_at_10": recall(found, truth), **pct(times), **dense}
+        run["load"] = round(os.getloadavg()[0], 1)
         print(cand.name, json.dumps(run), flush=True)
         out["runs"].append(run)
     # appends and removals: 1,000 new moments, then 1,000 removed
