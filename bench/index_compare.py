@@ -337,7 +337,10 @@ class CurrentIndex:
                 c.start[lo:hi] + 2.0, np.full(hi - lo, TOKENS), c.tokens[lo * TOKENS : hi * TOKENS],
                 fit=False,
             )  # fmt: skip
-        self.index.maybe_fit(wait=True)
+        try:
+            self.index.maybe_fit(wait=True)
+        except TypeError:  # the hand-written index (before faiss) fits on the calling thread
+            self.index.maybe_fit()
 
     def set_search(self, ef: int) -> None:
         pass

@@ -17,6 +17,7 @@ writes in a hundred take 10-100 ms); a fit may use more.
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ import numpy as np
 
 HASHTABLE = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]  # (missing from the stubs)
 """faiss's direct map by id: a removal finds a token's list and place at once."""
+MAGIC = b"livesense-token-lists-1\n"
 KEY_BITS = 12
 """A token's key is (record id << KEY_BITS) + its position: up to 4,096 tokens a record."""
 MAX_RID = (1 << (63 - KEY_BITS)) - 1
@@ -133,9 +135,13 @@ class TokenLists:
     @classmethod
     def load(cls, path: Path, dim: int, *, probe: int = 32) -> TokenLists:
         """Lists saved by save(); ValueError when the file holds something else."""
-        with np.load(path) as f:
-            main, rare = (_token_ivf(faiss.deserialize_index(f[k]), dim) for k in ("main", "rare"))
-            rare_below = float(f["rare_below"])
+        with path.open("rb") as f:
+            head = f.read(len(MAGIC) + 8)
+            if len(head) != len(MAGIC) + 8 or not head.startswith(MAGIC):
+                raise ValueError(f"{path} holds no token lists")
+            (rare_below,) = struct.unpack("<d", head[len(MAGIC) :])
+            reader = faiss.PyCallbackIOReader(f.read)  # type: ignore[attr-defined]
+            main, rare = (_token_ivf(faiss.read_index(reader), dim) for _ in range(2))
         self = cls.__new__(cls)
         self.dim, self.probe, self._lock = dim, probe, ReadWriteLock()
         self._main, self._rare, self.rare_below = main, rare, rare_below
@@ -219,14 +225,14 @@ class TokenLists:
         return np.concatenate(parts)
 
     def save(self, path: Path) -> None:
-        """Write the lists to `path` (numpy's npz format: the two faiss indexes serialised)."""
+        """Write the lists to `path`: MAGIC, the rare tokens' bound, then both faiss indexes."""
         if self._rare is None:
             raise ValueError("unfitted lists are not saved")
-        with self._lock.reading():
-            main = faiss.serialize_index(self._main)
-            rare = faiss.serialize_index(self._rare)
-        with path.open("wb") as f:
-            np.savez(f, main=main, rare=rare, rare_below=np.float64(self.rare_below))
+        with self._lock.reading(), path.open("wb") as f:
+            f.write(MAGIC + struct.pack("<d", self.rare_below))
+            writer = faiss.PyCallbackIOWriter(f.write)  # type: ignore[attr-defined]
+            faiss.write_index(self._main, writer)
+            faiss.write_index(self._rare, writer)
 
 
 def _token_ivf(index: object, dim: int) -> faiss.IndexIVFScalarQuantizer:
