@@ -1,7 +1,7 @@
 """Vector indexes compared on the benchmark's kind of store: recall against exact search,
 latency, build, memory, appends and removals, in one run.
 
-    .venv/bin/python -m bench.index_compare [--sizes 100000,1000000] [--indexes ...] [--quick]
+    .venv/bin/python -m bench.index_compare [--sizes 100000,1000000] [--indexes ...]
 
 Moments hold 3 token vectors each (what was said, a sign on screen, the scene), every one a
 real MiniLM embedding of a text from a pool plus noise, as in bench/run.py's store (noise of
@@ -13,10 +13,12 @@ count as found). Every library index is followed by the same exact re-scoring of
 owning its best tokens, as VectorIndex does. Latency is the whole dense search, query
 embedding included (the embedding of each query is timed, not cached).
 
-Indexes: current (memory/index.py as it was: projection and k-means lists), usearch (HNSW,
-float16 and int8 storage), faiss (HNSW, flat float32) and hnswlib (HNSW, float32); the
-libraries run on one search thread, as a query does in livesense. Writes
-bench/results/index-compare.json and prints a Markdown table.
+Indexes: livesense (memory/index.py's VectorIndex as checked out, filters and exact
+re-scoring included), faiss-ivf-sq8 (faiss's inverted file alone), usearch-f16 / usearch-i8
+(HNSW), hnswlib (HNSW), faiss-hnsw (HNSW, float32), and redis-hnsw-m16 / -m32 (Redis Stack's
+HNSW as RedisStore's query-engine path uses it: one pooled vector per moment). Library
+indexes run on one search thread, as a query does in livesense. usearch and hnswlib come with
+the `bench` extra. Writes bench/results/index-compare.json (--out) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -592,13 +594,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--big-indexes",
-        default="livesense,faiss-ivf-sq8,usearch-f16",
-        help="Indexes run at sizes over 300k (builds take minutes there).",
+        default="livesense,faiss-ivf-sq8",
+        help="Indexes run at sizes over 300k (an HNSW build of 1M takes tens of minutes).",
     )
     parser.add_argument("--efs", default="128,256,512", help="HNSW search breadths to try.")
     parser.add_argument("--redis-efs", default="200,800,3200", help="Redis's EF_RUNTIME to try.")
     parser.add_argument("--probes", default="8,16,32,64", help="Inverted-file lists probed.")
-    parser.add_argument("--queries", type=int, default=200, help="Short word queries.")
+    parser.add_argument("--queries", type=int, default=100, help="Short word queries.")
     parser.add_argument("--out", default="index-compare.json")
     args = parser.parse_args()
     emb = shared_text_embedder()

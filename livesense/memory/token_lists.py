@@ -10,8 +10,8 @@ direct map), with no refit; fitting a new set of lists is VectorIndex's job, off
 
 faiss may not be changed while it searches: many searches run at once, a write waits for
 them (a write of a snippet's tokens takes microseconds). Searches and writes run on the
-calling thread alone (OpenMP's threads, waiting for each other on busy cores, made a few
-writes in a hundred take 10-100 ms); a fit may use more.
+calling thread alone: OpenMP threads waiting for each other on busy cores make the rare call
+very slow. A fit may use more threads.
 """
 
 from __future__ import annotations
