@@ -584,13 +584,16 @@ def make(name: str) -> Any:
 
 
 def main() -> None:
+    from bench.memory import stack_available
     from bench.run import bench_queries
     from livesense.engines.text import shared_text_embedder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="Token vectors, comma-separated.")
     parser.add_argument(
-        "--indexes", default="livesense,faiss-ivf-sq8,usearch-f16,usearch-i8,hnswlib,faiss-hnsw"
+        "--indexes",
+        default="livesense,faiss-ivf-sq8,usearch-f16,usearch-i8,hnswlib,faiss-hnsw,"
+        "redis-hnsw-m16,redis-hnsw-m32",
     )
     parser.add_argument(
         "--big-indexes",
@@ -632,6 +635,9 @@ def main() -> None:
         }
         names = (args.big_indexes if n > 300_000 else args.indexes).split(",")
         for name in names:
+            if name.startswith("redis-") and not stack_available():
+                print(f"{name}: no Redis Stack server installed (make sysdeps), skipped")
+                continue
             cand = make(name)
             efs = args.probes if isinstance(cand, FaissIvf) else args.efs
             efs = args.redis_efs if isinstance(cand, RedisHnsw) else efs
