@@ -257,7 +257,7 @@ class VectorIndex:
             vecs = np.asarray(tokens, np.float32)
             self._lists.add(keys, vecs)
             if self._replay is not None:
-                self._replay.append((keys, vecs))
+                self._replay.append((keys, vecs.astype(np.float16)))  # as stored
         if fit:
             self.maybe_fit()
 
@@ -377,16 +377,17 @@ class VectorIndex:
             for k in range(0, len(trows), 65536):
                 part = trows[k : k + 65536]
                 new.add(keys[k : k + 65536], a.tokens[part].astype(np.float32), threads=threads)
-            with self._write:
-                if self._lists is not old or self._replay is None:
-                    return  # cleared meanwhile
-                for keys, vecs in self._replay:  # what was written during the fit, in order
-                    if vecs is None:
-                        new.remove(keys)
-                    else:
-                        new.add(keys, vecs)
-                self._lists = new
-                self._fitted_at = len(trows)
+            while True:  # what was written during the fit, in order; the last few writes
+                with self._write:  # with the writer held off, as the new lists take over
+                    if self._lists is not old or self._replay is None:
+                        return  # cleared meanwhile
+                    pending, self._replay = self._replay, []
+                    if len(pending) <= 16:
+                        _replay(new, pending)
+                        self._lists = new
+                        self._fitted_at = len(trows)
+                        break
+                _replay(new, pending)
             if self.lists_path is not None:
                 self._save(new, self.lists_path)
         except Exception:
@@ -626,6 +627,15 @@ class VectorIndex:
         lens = a.tlen[rows].astype(np.int64)
         vals = matvec(to_float32(np.take(a.tokens, _token_rows(a.toff[rows], lens), axis=0)), q)
         return np.maximum.reduceat(vals, np.cumsum(lens) - lens)
+
+
+def _replay(lists: TokenLists, writes: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+    """Apply appends (keys, vectors) and removals (keys, None) to lists, in order."""
+    for keys, vecs in writes:
+        if vecs is None:
+            lists.remove(keys)
+        else:
+            lists.add(keys, vecs)
 
 
 def _token_rows(offs: np.ndarray, lens: np.ndarray) -> np.ndarray:
