@@ -14,8 +14,8 @@ A filter (stream, time span) passing few tokens scores them all exactly; a wider
 lists for proportionally more candidates and keeps those that pass.
 
 Rows are appended as records arrive and dropped on consolidation. A search reads a snapshot
-of the arrays taken under a short lock: appends never wait for a search, and a search never
-waits for more than an append.
+of the arrays taken under a short lock; the lists take many searches at once, and a write waits
+only for the searches in flight.
 """
 
 from __future__ import annotations

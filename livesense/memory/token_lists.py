@@ -28,7 +28,7 @@ import numpy as np
 
 HASHTABLE = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]  # (missing from the stubs)
 """faiss's direct map by id: a removal finds a token's list and place at once."""
-MAGIC = b"livesense-token-lists-1\n"
+MAGIC = b"livesense-token-lists-1\n"  # a saved file starts with these bytes
 KEY_BITS = 12
 """A token's key is (record id << KEY_BITS) + its position: up to 4,096 tokens a record."""
 MAX_RID = (1 << (63 - KEY_BITS)) - 1
@@ -37,7 +37,6 @@ RARE_SHARE = 0.01
 """Share of the fitting sample farthest from every centroid: tokens as far as these are kept
 in an exact list that every search scans (a lone moment unlike the rest would otherwise sit in
 a list the query's closest centroids may not reach)."""
-FIT_SAMPLE_PER_LIST = 40  # tokens per list the centroids and the 8-bit ranges are trained on
 KMEANS_ROUNDS = 12
 
 
