@@ -158,6 +158,7 @@ class VectorIndex:
         self._fitted_at = 0  # tokens when the lists were last fitted
         self._replay: list[tuple[np.ndarray, np.ndarray | None]] | None = None  # while fitting
         self._fitting: threading.Event | None = None  # set when the fit under way ends
+        self.loaded_from: Path | None = None  # the file the lists in use were loaded from
 
     def __len__(self) -> int:
         return len(self._row)
@@ -402,9 +403,10 @@ class VectorIndex:
     # -- persistence ---------------------------------------------------------------------
 
     def save_lists(self) -> None:
-        """Write the fitted lists to lists_path (if set; nothing before the fit)."""
+        """Write the fitted lists to lists_path (if set; nothing before the fit). During a fit
+        the lists in use are saved: they hold every token too."""
         with self._write:
-            lists = self._lists if self._fitted_at and self._fitting is None else None
+            lists = self._lists if self._fitted_at else None
         if lists is not None and self.lists_path is not None:
             self._save(lists, self.lists_path)
 
@@ -444,6 +446,7 @@ class VectorIndex:
                 lists.add(held[~found], a.tokens[trows[~found]].astype(np.float32))
             self._lists = lists
             self._fitted_at = int(found.sum())  # refitted once the tokens double from there
+            self.loaded_from = path
         return True
 
     # -- searching -----------------------------------------------------------------------
