@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -637,6 +638,10 @@ def main() -> None:
         for name in names:
             if name.startswith("redis-") and not stack_available():
                 print(f"{name}: no Redis Stack server installed (make sysdeps), skipped")
+                continue
+            needs = {"usearch": "usearch", "hnswlib": "hnswlib"}.get(name.split("-")[0])
+            if needs is not None and importlib.util.find_spec(needs) is None:
+                print(f"{name}: {needs} is not installed (pip install -e '.[bench]'), skipped")
                 continue
             cand = make(name)
             efs = args.probes if isinstance(cand, FaissIvf) else args.efs
