@@ -463,11 +463,8 @@ class RedisStore(Store):
         with self._gap_lock:
             if len(self._gap_backlog) == self._gap_backlog.maxlen:
                 self.gaps_dropped += 1
-                log.warning(
-                    "Redis has been away for %d gap markers: the oldest is dropped (%d so far)",
-                    self._gap_backlog.maxlen,
-                    self.gaps_dropped,
-                )
+                log.warning("Redis has been away for %d gap markers: the oldest is dropped "
+                            "(%d so far)", self._gap_backlog.maxlen, self.gaps_dropped)
             self._gap_backlog.append((stream, mark))
             while self._gap_backlog:
                 s, m = self._gap_backlog[0]

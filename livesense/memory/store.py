@@ -336,10 +336,9 @@ class MemoryStore(Store):
                 self._load_rows(conn, 0)
             finally:
                 conn.execute("COMMIT")
+            # saved lists are used as they are (refitted in the background if due); else fit now
             loaded = self._index.load_lists(self.lists_path)
-            self._index.maybe_fit(
-                wait=not loaded
-            )  # saved lists: a refit, if due, in the background
+            self._index.maybe_fit(wait=not loaded)
 
     def refresh(self) -> None:
         """Pick up what another process wrote since the last look (cheap when nothing did)."""
