@@ -154,7 +154,7 @@ def test_ask_says_when_nothing_matches(store: MemoryStore) -> None:
     assert answer.hits == []
 
 
-def test_projected_first_pass_keeps_the_exact_ranking() -> None:
+def test_fitted_lists_keep_the_exact_ranking() -> None:
     """Past FIT_AT tokens the first pass scans the closest of the fitted lists; results match
     brute force."""
     emb = shared_text_embedder()
