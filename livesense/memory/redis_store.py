@@ -309,6 +309,8 @@ class RedisStore(Store):
             feed = await self._client.xrevrange(self.keys.feed, count=1)
             self._feed_id = feed[0][0] if feed else b"0-0"
             await self._sweep(publish=False)
+            if self._local.dense:  # the first searches run on fitted lists, not beside a fit
+                await asyncio.to_thread(self._local.vectors.maybe_fit, wait=True)
             self._tasks.append(asyncio.create_task(self._follow_loop(), name="redis-follow"))
 
     def _errors(self) -> tuple[type[BaseException], ...]:
