@@ -10,8 +10,8 @@ brute force.
 The lists are fitted once FIT_AT tokens are held and fitted again each time the tokens
 double, in a background thread: the writer keeps appending to the lists in use, and what it
 appends or removes meanwhile is replayed on the new lists before they replace the old ones.
-A filter (stream, time span) passing few tokens scores them all exactly; a wider one asks the
-lists for proportionally more candidates and keeps those that pass.
+A filter (stream, time span) passing few tokens scores them all exactly; under a wider one the
+lists consider only the tokens that pass.
 
 Rows are appended as records arrive and dropped on consolidation. A search reads a snapshot
 of the arrays taken under a short lock; the lists take many searches at once, and a write waits
@@ -48,7 +48,6 @@ PROBE = 32
 FIT_AT = 16384  # tokens held before the lists are fitted (below: one exact list)
 FIT_SAMPLE = 40  # tokens per list the lists are fitted on
 GATHER_MAX = 8192  # a filter passing at most this many tokens: all are scored exactly
-CANDIDATES_MAX = 16384  # first-pass tokens asked for under a wide filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,8 +520,8 @@ class VectorIndex:
             passing = int(a.tlen[subset].sum())
             if passing <= GATHER_MAX:
                 return self._exact_top(a, subset, q, top_k)
-            want = min(CANDIDATES_MAX, want * max(1, self._live_tokens) // passing)
-        keys = self._lists.search(q, want)
+        allowed = None if subset is None else token_keys(a.rids[subset], a.tlen[subset])
+        keys = self._lists.search(q, want, allowed)
         b, ids, rows = self._held(np.unique(key_rids(keys)).tolist())
         if filtered:
             rows = rows[self._passing(b, rows, stream, start, end)]

@@ -186,16 +186,21 @@ class TokenLists:
             if self._rare is not None:
                 self._rare.remove_ids(sel)
 
-    def search(self, q: np.ndarray, k: int) -> np.ndarray:
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
         """Keys of the (about) k tokens nearest q in the probed lists and the rare tokens,
-        best first."""
+        best first; only keys in `allowed` when given."""
         faiss.omp_set_num_threads(1)
         x = np.ascontiguousarray(q, np.float32).reshape(1, -1)
         k = max(1, k)
+        main = rare = None
+        if allowed is not None:
+            sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
+            main = faiss.SearchParametersIVF(sel=sel, nprobe=self._main.nprobe)  # type: ignore[call-arg]
+            rare = faiss.SearchParametersIVF(sel=sel, nprobe=1)  # type: ignore[call-arg]
         with self._lock.reading():
-            sims, ids = self._main.search(x, k)
+            sims, ids = self._main.search(x, k, params=main)
             if self._rare is not None and self._rare.ntotal:
-                rsims, rids = self._rare.search(x, k)
+                rsims, rids = self._rare.search(x, k, params=rare)
                 sims, ids = np.hstack([sims, rsims]), np.hstack([ids, rids])
         order = np.argsort(-sims[0], kind="stable")[:k]
         found = ids[0][order]
