@@ -199,23 +199,24 @@ async def _ingest(
     check_source_url(source)
     sid = check_stream_id(stream or stream_id_for(source))
     store = _open_store(settings.memory, settings, readonly=False, hub=WatchHub())
+    resumed = False  # taken over from an ingest of this stream that died: carry on with it
     try:
-        plan_start(store, sid, source, append=append, via="cli")
+        if settings.redis.url:  # one ingest per stream: wait for a dead holder's lease
+            resumed = await asyncio.to_thread(
+                store.wait_for_lease, sid, lambda line: err.print(line)
+            )
+        if not resumed:
+            plan_start(store, sid, source, append=append, via="cli")
     except BaseException:
         store.close()
         raise
     perception = Perception.from_settings(settings)
-    if settings.redis.url:  # one ingest per stream: wait for a dead holder's lease to expire
-        try:
-            await asyncio.to_thread(store.wait_for_lease, sid, lambda line: err.print(line))
-        except BaseException:
-            store.close()
-            raise
     with err.status("loading models…"):
         await asyncio.to_thread(perception.load)
     pipeline = StreamPipeline(
-        sid, source, settings, store, perception, realtime=realtime, append=append
-    )
+        sid, source, settings, store, perception, realtime=realtime, append=append,
+        base=0 if resumed else None,  # from 0: what the dead ingest stored is skipped
+    )  # fmt: skip
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.stop)

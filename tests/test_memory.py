@@ -22,6 +22,7 @@ from PIL import Image
 from livesense.config import MemorySettings
 from livesense.engines.text import shared_text_embedder
 from livesense.errors import LivesenseError
+from livesense.memory import index as index_module
 from livesense.memory.consolidate import merge_lex, summarise_transcripts
 from livesense.memory.store import MemoryStore
 from livesense.records import Evidence, OcrLine, SnippetRecord, Word
@@ -307,3 +308,29 @@ def test_reader_handles_of_finished_threads_are_freed(sample_memory: Path) -> No
         assert len(os.listdir("/proc/self/fd")) - before < 10  # was +80 (2 per thread)
     finally:
         store.close()
+
+
+def test_vector_lists_saved_on_close_are_loaded_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past FIT_AT the writer saves the fitted lists on close; opening the memory loads them
+    instead of fitting, with the same results, and moments added since are found."""
+    monkeypatch.setattr(index_module, "FIT_AT", 256)  # a small store gets fitted lists
+    rng = np.random.default_rng(4)
+    vecs = rng.standard_normal((151, 2, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=2, keepdims=True)
+    root = tmp_path / "mem"
+    with MemoryStore(root) as store:
+        for i in range(150):
+            store.add(moment(i, f"said {i}", [], vecs[i], stream=f"cam{i % 3}"))
+        store.index.maybe_fit(wait=True)
+        assert store.index.lists > 1 and store.index.loaded_from is None
+        before = [store.index.search(v[1], top_k=5) for v in vecs[:150:10]]
+    assert (root / "vectors.faiss").is_file()
+    with MemoryStore(root, readonly=True) as reader:
+        assert reader.index.loaded_from == root / "vectors.faiss"
+        assert [reader.index.search(v[1], top_k=5) for v in vecs[:150:10]] == before
+    with MemoryStore(root) as store:
+        assert store.index.loaded_from == root / "vectors.faiss"
+        store.add(moment(150, "said 150", [], vecs[150], stream="cam0"))
+        assert store.index.search(vecs[150][0], top_k=1)[0][1] > 0.99

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from livesense.engines.text import TextEmbedder, shared_text_embedder
 from livesense.errors import QueryError
-from livesense.memory.index import LISTS_AT, VectorIndex
+from livesense.memory.index import FIT_AT, PROBE, VectorIndex, _token_rows
 from livesense.memory.store import MemoryStore
 from livesense.records import Evidence, OcrLine, SnippetRecord, Word
 
@@ -152,9 +154,9 @@ def test_ask_says_when_nothing_matches(store: MemoryStore) -> None:
     assert answer.hits == []
 
 
-def test_projected_first_pass_keeps_the_exact_ranking() -> None:
-    """Past LISTS_AT tokens the first pass scans the closest lists of projected tokens;
-    results match brute force."""
+def test_fitted_lists_keep_the_exact_ranking() -> None:
+    """Past FIT_AT tokens the first pass scans the closest of the fitted lists; results match
+    brute force."""
     emb = shared_text_embedder()
     said = [row[0] for row in CAM1 + CAM2 if row[0]]
     needles = emb.embed(said)
@@ -164,7 +166,7 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
         [f"The {t} near the {w} is {s}" for t in things for w in where for s in ("open", "closed")]
     )
     rng = np.random.default_rng(1)
-    n = LISTS_AT // 2 + 4000  # two tokens a record: past LISTS_AT tokens
+    n = FIT_AT // 2 + 4000  # two tokens a record: past FIT_AT tokens
     tokens = background[rng.integers(0, len(background), 2 * n)]
     tokens = tokens + rng.normal(0, 0.02, tokens.shape).astype(np.float32)
     tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
@@ -182,7 +184,8 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
             np.full(hi - lo, 2),
             tokens[2 * lo : 2 * hi],
         )
-    assert index.projected and index.lists > 0  # projected tokens in coarse lists
+    index.maybe_fit(wait=True)  # (a fit started by an append runs in the background)
+    assert index.lists > 1
     queries = emb.embed(["a puppy was yelping", "trains to Italy", "where to find a cab", *said])
     exact = (tokens @ queries.T).reshape(n, 2, -1).max(axis=1)  # brute force: (n, queries)
     for j, q in enumerate(queries):
@@ -195,7 +198,7 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
         assert np.allclose([s for _, s in got][: len(strong)], strong, atol=2e-3)
     for j, q in enumerate(needles):
         assert index.search(q, top_k=1)[0][0] == planted[j] + 1
-    # removals (compacting the arrays) and filters still hold on the projected path
+    # removals (compacting the arrays) and filters still hold on the fitted lists
     gone = {int(r) + 1 for r in planted[:5]} | set(range(1, n // 3))
     index.remove(gone)
     for j in range(len(said)):
@@ -203,8 +206,7 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
         assert all(rid not in gone and (rid - 1) % 3 == planted[j] % 3 for rid, _ in got)
         if planted[j] + 1 not in gone:
             assert got[0][0] == planted[j] + 1
-    # records appended after the lists were sorted (an unsorted tail, then merged into the
-    # lists once it grows) are found as well
+    # records appended after the fit are found as well
     for lo in range(0, 8000, 1000):
         batch = np.arange(lo, lo + 1000)
         index.add_packed(
@@ -221,3 +223,128 @@ def test_projected_first_pass_keeps_the_exact_ranking() -> None:
                 assert index.search(needles[j], top_k=1, stream="late")[0][0] == late
                 want = {late} | ({int(rid) + 1} - gone)
                 assert {r for r, _ in index.search(needles[j], top_k=len(want))} == want
+
+
+def recall_store(probe: int) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """An index of 8,000 moments of 3 tokens each (past FIT_AT), made like the benchmark's:
+    a few hundred topics plus as much noise, so that similarities are weak and close together;
+    and 60 queries, each near two topics."""
+    rng = np.random.default_rng(5)
+    topics = rng.standard_normal((300, 384)).astype(np.float32)
+    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+    n = 8000
+    tokens = topics[rng.integers(0, len(topics), 3 * n)]
+    tokens = tokens + rng.normal(0, 0.05, tokens.shape).astype(np.float32)
+    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+    index = VectorIndex(probe=probe)
+    index.add_packed(
+        np.arange(n) + 1, [f"cam{i % 4}" for i in range(n)], np.arange(n) * 2.0,
+        np.arange(n) * 2.0 + 2.0, np.full(n, 3), tokens,
+    )  # fmt: skip
+    index.maybe_fit(wait=True)
+    queries = topics[rng.integers(0, len(topics), (60, 2))].sum(axis=1)
+    queries += rng.normal(0, 0.05, queries.shape).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return index, tokens, queries
+
+
+def dense_recall_at_10(index: VectorIndex, queries: np.ndarray, **scope: Any) -> float:
+    """Share of search's 10 best whose exact score reaches brute force's 10th best."""
+    found = []
+    for q in queries:
+        truth = index.brute_force(q, 10) if not scope else None
+        if truth is None:  # brute force within the scope, from every record passing it
+            held = index.select(list(range(1, len(index) + 1)), **scope)
+            scores = index.scores(q, held)
+            floor = sorted(scores.values(), reverse=True)[9] - 1e-5
+        else:
+            floor = truth[-1][1] - 1e-5
+        got = index.search(q, top_k=10, **scope)
+        found += [score >= floor for _, score in got] + [False] * (10 - len(got))
+    return float(np.mean(found))
+
+
+def test_dense_recall_against_brute_force() -> None:
+    """Recall@10 of the fitted lists (PROBE lists scanned) against brute force stays >= 0.95,
+    unfiltered and within one stream and a time span; scanning a single list finds far less
+    (the check can fail)."""
+    index, _, queries = recall_store(PROBE)
+    assert index.lists > 1
+    assert dense_recall_at_10(index, queries) >= 0.95
+    assert dense_recall_at_10(index, queries[:20], stream="cam1") >= 0.95
+    assert dense_recall_at_10(index, queries[:20], start=0.0, end=8000.0) >= 0.95
+    narrow, _, _ = recall_store(1)
+    assert dense_recall_at_10(narrow, queries) < 0.9
+
+
+def test_appends_and_removals_while_searching_and_fitting(tmp_path: Path) -> None:
+    """Records appended and removed while other threads search and the lists are fitted in the
+    background are all found (or gone) afterwards; the fitted lists saved and loaded by a new
+    index holding the same records (some removed, some added since) give the same results."""
+    index, tokens, queries = recall_store(PROBE)
+    base = len(index)
+    extra = np.resize(tokens[::-1], (10000, 3, tokens.shape[1]))  # new records: twice the tokens
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def search() -> None:
+        while not stop.is_set():
+            try:
+                for q in queries[:5]:
+                    index.search(q, top_k=10)
+                    index.search(q, top_k=10, stream="cam2")
+            except BaseException as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for lo in range(0, 10000, 500):  # passes 2 x the fitted tokens: a background fit starts
+        rids = np.arange(lo, lo + 500) + base + 1
+        index.add_packed(
+            rids, ["late"] * 500, rids * 2.0, rids * 2.0 + 2.0, np.full(500, 3),
+            extra[lo : lo + 500].reshape(-1, extra.shape[2]),
+        )  # fmt: skip
+        index.remove(range(lo // 10 + 1, lo // 10 + 51))  # 50 early records a batch
+    fitted = index.lists
+    index.maybe_fit(wait=True)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert index.lists > fitted  # refitted for twice the tokens
+    assert len(index) == base + 10000 - 1000
+    assert dense_recall_at_10(index, queries) >= 0.95
+    for j in range(0, 8000, 1500):  # a late record's tokens find it; a removed one is gone
+        got = index.search(extra[j, 1], top_k=3, stream="late")
+        assert got[0][0] == base + 1 + j
+    assert all(r > 1000 for r, _ in index.search(tokens[0], top_k=50))
+
+    path = tmp_path / "vectors.faiss"
+    index.lists_path = path
+    index.save_lists()
+    index.remove(range(5000, 5100))
+    fresh = np.random.default_rng(9).standard_normal((2, tokens.shape[1])).astype(np.float32)
+    fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+    index.add(99999, fresh, "later", 0.0, 2.0)
+    loaded = VectorIndex(lists_path=path)
+    a, n = index._a, len(index._a.rids)
+    alive = np.flatnonzero(a.alive[:n])
+    loaded.add_packed(
+        a.rids[alive], [f"s{int(s)}" for s in a.stream[alive]], a.start[alive], a.end[alive],
+        a.tlen[alive], a.tokens[_token_rows(a.toff[alive], a.tlen[alive])].astype(np.float32),
+        fit=False,
+    )  # fmt: skip
+    assert loaded.load_lists(path) and loaded.lists == index.lists
+    for q in queries[:10]:
+        assert loaded.search(q, top_k=10) == index.search(q, top_k=10)
+    assert loaded.search(fresh[1], top_k=1)[0][0] == 99999
+    assert not VectorIndex().load_lists(tmp_path / "missing.faiss")
+    other = VectorIndex()  # another memory's records under the same ids: the file is refused
+    noise = np.random.default_rng(3).standard_normal((300, tokens.shape[1])).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    other.add_packed(
+        np.arange(2000, 2100), ["x"] * 100, np.zeros(100), np.ones(100), np.full(100, 3), noise
+    )
+    assert not other.load_lists(path) and other.lists == 1

@@ -303,6 +303,8 @@ class RedisStore(Store):
             feed = await self._client.xrevrange(self.keys.feed, count=1)
             self._feed_id = feed[0][0] if feed else b"0-0"
             await self._sweep(publish=False)
+            if self._local.dense:  # the first searches run on fitted lists, not beside a fit
+                await asyncio.to_thread(self._local.vectors.maybe_fit, wait=True)
             self._tasks.append(asyncio.create_task(self._follow_loop(), name="redis-follow"))
 
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -341,8 +343,9 @@ class RedisStore(Store):
         self._health.fenced.pop(stream, None)
         return True
 
-    def wait_for_lease(self, stream: str, say: Callable[[str], None] | None = None) -> None:
-        """Take the stream's lease, waiting for one whose holder stopped renewing it.
+    def wait_for_lease(self, stream: str, say: Callable[[str], None] | None = None) -> bool:
+        """Take the stream's lease, waiting for one whose holder stopped renewing it; True when
+        it was taken over from such a holder (an ingest that died: its work is resumed).
 
         A process killed without a goodbye leaves its lease to expire (at most
         `redis.lease_ttl`); a restarted ingest waits for that, saying so once through `say`.
@@ -350,7 +353,7 @@ class RedisStore(Store):
         taken by a third process), the wait ends at once with a one-sentence refusal.
         """
         if self.acquire(stream):
-            return
+            return False
         ttl = self.redis_settings.lease_ttl
         key = self.keys.lease(stream)
         holder, left = self._call(self._lease_state(key), "read a lease")
@@ -363,7 +366,7 @@ class RedisStore(Store):
         while time.monotonic() < deadline:
             time.sleep(min(0.2, ttl / 10))
             if self.acquire(stream):
-                return
+                return True
             now_holder, now_left = self._call(self._lease_state(key), "read a lease")
             if now_holder is not None and (now_holder != holder or now_left > left + 50):
                 holder = now_holder

@@ -140,8 +140,9 @@ class MemoryStore(Store):
         self.hub = hub
         self.db_path = self.root / "memory.db"
         self.keyframes = self.root / "keyframes"
+        self.lists_path = self.root / "vectors.faiss"
         self._embedder = embedder
-        self._index = VectorIndex(DIM)
+        self._index = VectorIndex(DIM, lists_path=None if readonly else self.lists_path)
         self._doc_freqs = DocFreqs()
         self._local = threading.local()
         # read connections by the thread that owns them; those of finished threads are closed
@@ -285,7 +286,6 @@ class MemoryStore(Store):
                 texts=[r[6] for r in rows],
                 fit=False,
             )
-        self._index.maybe_fit()
 
     def _reload(self) -> None:
         """Load every stored record into the dense index."""
@@ -315,6 +315,9 @@ class MemoryStore(Store):
                 self._load_rows(conn, 0)
             finally:
                 conn.execute("COMMIT")
+            # saved lists are used as they are (refitted in the background if due); else fit now
+            loaded = self._index.load_lists(self.lists_path)
+            self._index.maybe_fit(wait=not loaded)
 
     def refresh(self) -> None:
         """Pick up what another process wrote since the last look (cheap when nothing did)."""
@@ -339,6 +342,7 @@ class MemoryStore(Store):
                     full = False
                 if not full:
                     self._load_rows(conn, self._max_id)
+                    self._index.maybe_fit()
             finally:
                 conn.execute("COMMIT")
         if full:
@@ -803,6 +807,7 @@ class MemoryStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     self._writer.close()
                 self._writer = None
+                self._index.save_lists()
             self._release_lock()
 
     def __enter__(self) -> MemoryStore:
