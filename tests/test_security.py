@@ -176,13 +176,13 @@ def test_a_stream_search_finds_the_same_records_whatever_other_streams_hold() ->
     mine = [IndexEntry(rid, v[None], "alpha", float(rid), rid + 1.0) for rid, v in enumerate(own)]
     alone.add_many(mine)
     crowded.add_many(mine)
-    others = rng.standard_normal((12000, 384)).astype(np.float32)  # past the projection's fit
+    others = rng.standard_normal((16000, 384)).astype(np.float32)  # past the lists' fit
     others /= np.linalg.norm(others, axis=1, keepdims=True)
     crowded.add_many([IndexEntry(10000 + k, v[None], "beta", 0, 1) for k, v in enumerate(others)])
-    crowded.maybe_fit()
-    assert crowded.projected
+    crowded.maybe_fit(wait=True)
+    assert crowded.lists > 1
     assert crowded.search(q, top_k=20, stream="alpha") == alone.search(q, top_k=20, stream="alpha")
-    assert crowded.count("alpha") == 3000 and crowded.count() == 15000
+    assert crowded.count("alpha") == 3000 and crowded.count() == 19000
 
 
 # -- a real `livesense serve` with small limits, for points 3 and 5 to 7 ----------------------

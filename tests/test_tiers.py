@@ -26,7 +26,8 @@ from livesense.memory.tiers import (
 from livesense.records import Evidence, OcrLine, SnippetRecord
 from tests.conftest import livesense
 
-SETTINGS = MemorySettings(max_records_per_stream=40, recent=8, key_moments=6)
+# The floor (min_score) is off: these suites check what filters and tiers keep, weak hits too.
+SETTINGS = MemorySettings(max_records_per_stream=40, recent=8, key_moments=6, min_score=0.0)
 TOPICS = 6
 
 
