@@ -96,15 +96,14 @@ ASK_HITS = 5
 BATCH = 64  # writes sent in one round trip
 FEED_KEPT = 100_000  # hint entries kept in the feed
 SWEEP_SECONDS = 5.0  # the follower checks every stream this often, hint or not...
-SWEEP_SLICES = 5  # ...a slice of them at a time: a whole sweep of 1,000 streams held up searches
+SWEEP_SLICES = 5  # ...a slice of them at a time, so that a sweep never holds up searches
 SWEEP_CHUNK = 200  # streams checked in one round trip
 QUERIED_TTL = 3600  # seconds a set of queried snippets waits for its stream's writer
 
 # Fields every record hash gets where the server has a query engine, and the index over them.
-# FLOAT16 like the stored tokens: at 384 dimensions an insert into the HNSW graph costs Redis
-# ~0.2 ms (FLOAT32 with EF_CONSTRUCTION 200: ~1.1 ms, too much for 1,000 live streams) and
-# half the memory; EF_RUNTIME 200 finds ~85% of the true 5 nearest among the 64 asked for on the
-# bench's near-duplicate scenes (64: ~70%) for ~1 ms more per query.
+# FLOAT16 like the stored tokens, and a modest EF_CONSTRUCTION: inserts into the HNSW graph stay
+# cheap enough for 1,000 live streams in half the memory; a high EF_RUNTIME lets the graph find
+# most of the true nearest among near-duplicate scenes (figures in the README).
 VEC, VSTREAM, VSTART, VEND = b"vec", b"stream", b"start", b"end"
 HNSW = ["M", 16, "EF_CONSTRUCTION", 64, "EF_RUNTIME", 200]
 LOCAL_INDEX = "local index"
@@ -1079,8 +1078,8 @@ class RedisStore(Store):
 
     async def _cosines(self, qvec: np.ndarray, names: list[Key]) -> dict[Key, float]:
         """Exact cosines (the best of their tokens) of the named records still stored. Their
-        tokens come in one reply of the query engine (INKEYS), not one per record: a pipeline
-        of ~120 HGETs cost 5 ms a query, most of it in the client."""
+        tokens come in one reply of the query engine (INKEYS), not one per record: a reply per
+        record costs the client more than the query itself."""
         if not names:
             return {}
         keys = [self.keys.record(s, idx) for s, idx in names]
