@@ -450,12 +450,12 @@ def run(models: Models, clip: Path, length: float, n: int, seconds: float) -> di
     """N streams for `seconds` of live time; the first snippet of each is not counted (its
     models' first calls and the stream's start)."""
     from livesense.config import load_settings
-    from livesense.memory.store import MemoryStore
+    from livesense.service import open_store
 
     snippets = max(2, int(seconds / SNIPPET))
     with tempfile.TemporaryDirectory() as root:
         settings = load_settings(None, memory=Path(root))
-        store = MemoryStore(Path(root), settings.store)
+        store = open_store(settings)
         results = [StreamResult() for _ in range(n)]
         batchers = _batchers(models)
         before = {k: dict(b.stats.as_json()) for k, b in batchers.items()}

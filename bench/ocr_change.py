@@ -38,11 +38,10 @@ import numpy as np
 
 from bench.run import scenes
 from livesense.config import load_settings
-from livesense.memory.store import MemoryStore
 from livesense.pipeline import metrics
-from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline
 from livesense.sample import make_sample
+from livesense.service import open_services
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = (1280, 720)
@@ -128,8 +127,9 @@ async def ingest(clip: Path, memory: Path, region: float) -> dict[str, Any]:
             "perception.ocr_region_change": region,
         },
     )
-    store = MemoryStore(memory, settings.store)
-    perception = Perception.from_settings(settings)
+    services = open_services(settings)
+    store, perception = services.store, services.perception
+    assert perception is not None
     await asyncio.to_thread(perception.load)
     reader: Any = perception._ocr
     calls0 = reader.calls

@@ -29,10 +29,10 @@ from livesense.engines.text import shared_text_embedder
 from livesense.memory.store import MemoryStore
 from livesense.memory.watch import WatchHub
 from livesense.pipeline import metrics
-from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
 from livesense.records import Evidence, OcrLine, SnippetRecord, Word
 from livesense.sample import Scene, make_sample
+from livesense.service import open_services
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -87,8 +87,9 @@ async def ingest(
     clip: Path, memory: Path, realtime: bool, hub: WatchHub | None = None
 ) -> dict[str, Any]:
     settings = load_settings(memory=memory)
-    store = MemoryStore(memory, settings.store, hub=hub)
-    perception = Perception.from_settings(settings)
+    services = open_services(settings, hub=hub)
+    store, perception = services.store, services.perception
+    assert perception is not None
     await asyncio.to_thread(perception.load)
     lags: list[float] = []
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from bench.run import scenes
 from livesense.config import load_settings
-from livesense.memory.store import MemoryStore
-from livesense.pipeline.perception import Perception
+from livesense.memory.store_base import Store
 from livesense.pipeline.stream_pipeline import StreamPipeline
 from livesense.sample import DEMO_SCENES, make_sample
+from livesense.service import build_services, open_store
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -82,15 +82,16 @@ UNRELATED = [
 ]
 
 
-async def ingest(clip: Path, stream: str, store: MemoryStore, settings: Any) -> None:
-    perception = Perception.from_settings(settings)
+async def ingest(clip: Path, stream: str, store: Store, settings: Any) -> None:
+    perception = build_services(settings, store, ingest=False).perception
+    assert perception is not None
     await asyncio.to_thread(perception.load)
     status = await StreamPipeline(stream, str(clip), settings, store, perception).run()
     if status.error:
         raise SystemExit(f"ingest failed: {status.error}")
 
 
-def top(store: MemoryStore, query: str, stream: str | None) -> float:
+def top(store: Store, query: str, stream: str | None) -> float:
     hits = store.search(query, stream=stream, top_k=1)
     return round(hits[0].score, 4) if hits else 0.0
 
@@ -102,7 +103,7 @@ def main() -> None:
         cards, demo = work / "cards.mp4", work / "demo.mp4"
         make_sample(cards, scenes(60.0), size=(640, 360))
         make_sample(demo, DEMO_SCENES)
-        store = MemoryStore(settings.memory, settings.store)
+        store = open_store(settings)
         asyncio.run(ingest(cards, "cards", store, settings))
         asyncio.run(ingest(demo, "demo", store, settings))
         related = [

@@ -26,10 +26,9 @@ from typing import Any
 
 from bench.run import SENTENCES, ffmpeg_decode_seconds, scenes
 from livesense.config import load_settings
-from livesense.memory.store import MemoryStore
-from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline
 from livesense.sample import Scene, make_sample
+from livesense.service import open_services
 
 RESULTS = Path(__file__).parent / "results"
 VISION_OFF = {"perception.objects": False, "perception.scenes": False}
@@ -37,8 +36,9 @@ VISION_OFF = {"perception.objects": False, "perception.scenes": False}
 
 async def ingest(clip: Path, memory: Path, vision: bool) -> dict[str, Any]:
     settings = load_settings(memory=memory, **({} if vision else VISION_OFF))
-    store = MemoryStore(memory, settings.store)
-    perception = Perception.from_settings(settings)
+    services = open_services(settings)
+    store, perception = services.store, services.perception
+    assert perception is not None
     await asyncio.to_thread(perception.load)
     pipeline = StreamPipeline("bench", str(clip), settings, store, perception)
     detector: Any = getattr(perception, "_detector", None)

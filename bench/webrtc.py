@@ -228,12 +228,9 @@ def run(
     import uvicorn
     from PIL import Image
 
-    from livesense.api.app import Services, create_app
+    from livesense.api.app import create_app
     from livesense.config import load_settings
-    from livesense.memory.store import MemoryStore
-    from livesense.memory.watch import WatchHub
-    from livesense.pipeline.manager import StreamManager
-    from livesense.pipeline.perception import Perception
+    from livesense.service import open_services
     from livesense.stream.webrtc import WebRTCSource
 
     memory = work / f"memory-{publishers}-{label or ('models' if models else 'bare')}"
@@ -242,12 +239,11 @@ def run(
         overrides.update(MODELS_OFF)
     overrides.update(extra or {})
     settings = load_settings(memory=memory, **overrides)
-    hub = WatchHub()
-    store = MemoryStore(memory, settings.store, hub=hub)
-    perception = Perception.from_settings(settings)
-    perception.load()
-    manager = StreamManager(settings, store, perception, max_streams=max(16, publishers))
-    app = create_app(Services(store=store, manager=manager, hub=hub, token=None))
+    services = open_services(settings, max_streams=max(16, publishers))
+    store, manager = services.store, services.manager
+    assert services.perception is not None and manager is not None
+    services.perception.load()
+    app = create_app(services)
     stored: list[tuple[str, int, float, float, float, bytes | None]] = []
     add = store.add
 

@@ -24,6 +24,7 @@ from livesense.engines.cli import bench_app, engines_app
 from livesense.errors import LivesenseError, first_error
 from livesense.memory.answer import compose_answer
 from livesense.records import Answer, Hit
+from livesense.service import build_services, open_store, open_work_list
 from livesense.urls import shown_url
 
 app = typer.Typer(
@@ -129,32 +130,6 @@ def _settings(config: Path | None, *, service: Any = False, **overrides: Any) ->
     return settings
 
 
-def _open_store(
-    memory: Path, settings: Settings, *, readonly: bool, hub: Any = None, follow: bool = False
-) -> Any:
-    """The Redis store when a Redis URL is set (follow: keep a query index in sync), else
-    the memory directory."""
-    from livesense.memory.store import MemoryStore
-
-    if settings.redis.url:
-        from livesense.memory.redis_store import RedisStore
-
-        return RedisStore(
-            settings.redis.url,
-            settings.store,
-            settings.redis,
-            readonly=readonly,
-            follow=follow,
-            hub=hub,
-            vector_index={"auto": None, "on": True, "off": False}[settings.redis.vector_index],
-        )
-    if readonly and not (memory / "memory.db").exists():
-        raise LivesenseError(
-            f"There is no livesense memory in {memory} yet; ingest something first."
-        )
-    return MemoryStore(memory, settings.store, readonly=readonly, hub=hub)
-
-
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="File path or URL (rtsp://, http(s)://, v4l2://).")],
@@ -192,16 +167,18 @@ async def _ingest(
 ) -> Any:
     from livesense.memory.watch import WatchHub
     from livesense.pipeline.manager import check_stream_id, plan_start, stream_id_for
-    from livesense.pipeline.perception import Perception
     from livesense.pipeline.stream_pipeline import StreamPipeline
     from livesense.stream.source import check_source_url
 
     check_source_url(source)
     sid = check_stream_id(stream or stream_id_for(source))
-    store = _open_store(settings.memory, settings, readonly=False, hub=WatchHub())
+    store = open_store(settings, readonly=False, hub=WatchHub())
     resumed = False  # taken over from an ingest of this stream that died: carry on with it
     try:
         if settings.redis.url:  # one ingest per stream: wait for a dead holder's lease
+            from livesense.memory.redis_store import RedisStore
+
+            assert isinstance(store, RedisStore)
             resumed = await asyncio.to_thread(
                 store.wait_for_lease, sid, lambda line: err.print(line)
             )
@@ -210,7 +187,8 @@ async def _ingest(
     except BaseException:
         store.close()
         raise
-    perception = Perception.from_settings(settings)
+    perception = build_services(settings, store, ingest=False).perception
+    assert perception is not None
     with err.status("loading models…"):
         await asyncio.to_thread(perception.load)
     pipeline = StreamPipeline(
@@ -303,7 +281,7 @@ def search(
 ) -> None:
     """Find the moments that match a query (hybrid: meaning and exact words)."""
     settings = _settings(config, memory=memory, **{"redis.url": redis})
-    store = _open_store(settings.memory, settings, readonly=True)
+    store = open_store(settings, readonly=True)
     try:
         hits = store.search(query, stream=stream, start=start, end=end, top_k=top_k)
     finally:
@@ -327,7 +305,7 @@ def ask(
 ) -> None:
     """Answer a question from the evidence of the best matching moments."""
     settings = _settings(config, memory=memory, **{"redis.url": redis})
-    store = _open_store(settings.memory, settings, readonly=True)
+    store = open_store(settings, readonly=True)
     try:
         answer: Answer = store.ask(question, stream=stream)
     finally:
@@ -445,15 +423,14 @@ async def _serve(
     busy = False
     try:
         try:
-            store = _open_store(
-                settings.memory, settings, readonly=shared and source is None, hub=hub,
-                follow=shared,
-            )  # fmt: skip
+            store = open_store(
+                settings, readonly=shared and source is None, hub=hub, follow=shared
+            )
         except WriterBusyError:
             if source is not None:
                 raise
             # Another process (an ingest) writes this memory: serve it read-only meanwhile.
-            store = _open_store(settings.memory, settings, readonly=True, hub=hub)
+            store = open_store(settings, readonly=True, hub=hub)
             busy = True
             err.print(
                 f"another process is writing to the memory in {settings.memory}: serving it "
@@ -492,44 +469,28 @@ async def _serve_on(
     """Serve on a bound socket over an open store: start the source (when given) first;
     `busy`: another process writes the memory, so this one only reads it."""
 
-    from livesense.api.app import Services, create_app
+    from livesense.api.app import create_app
     from livesense.api.server import ConnectionGuard, Server, server_config
-    from livesense.api.tokens import open_token_store
-    from livesense.pipeline.manager import StreamManager, plan_start
-    from livesense.pipeline.perception import Perception
+    from livesense.pipeline.manager import plan_start
 
     shared = settings.redis.url is not None
-    perception = Perception.from_settings(settings)
-    manager = None if shared or busy else StreamManager(settings, store, perception)
-    work, worker, worker_task, watcher = None, None, None, None
+    work, worker_task, watcher = None, None, None
     base = None
     listed = False  # the stream is on the Redis work list already: it runs on as it is
     if shared:
-        from livesense.memory.work_list import WorkList
-        from livesense.pipeline.worker import Worker
-
-        work = WorkList(
-            settings.redis.url or "", settings.redis.prefix, settings.security.source_key
-        )
+        work = open_work_list(settings)
         if sid is not None:
             listed = bool((await work.specs()).get(sid, {}).get("wanted"))
     if source is not None and sid is not None and not listed:
         base = await asyncio.to_thread(plan_start, store, sid, source, append=append, via="cli")
-    if shared:
-        assert work is not None
-        if source is not None:  # this process is a worker too (and takes WHIP publishers)
-            worker = Worker(settings, store, work, perception)
-    tokens = open_token_store(settings.memory, settings.redis.url, settings.redis.prefix)
-    services = Services(
-        store=store,
-        manager=worker.manager if worker is not None else manager,
-        hub=hub,
-        token=admin_token,
-        tokens=tokens,
-        security=settings.security,
-        work=work,
-        source=sid,
-    )
+    # shared: this process is a worker too when it ingests a source (and takes WHIP publishers)
+    services = build_services(
+        settings, store, hub, ingest=(source is not None) if shared else not busy, work=work,
+        token=admin_token, tokens=True, source=sid,
+    )  # fmt: skip
+    assert services.perception is not None and services.tokens is not None
+    perception, tokens, worker = services.perception, services.tokens, services.worker
+    manager = None if shared else services.manager
     app_ = create_app(services)
     if narrowed:
         err.print(narrowed)
@@ -630,7 +591,7 @@ def timeline(
 ) -> None:
     """The stream's stored moments in time order (recent, key and consolidated tiers)."""
     settings = _settings(config, memory=memory, **{"redis.url": redis})
-    store = _open_store(settings.memory, settings, readonly=True)
+    store = open_store(settings, readonly=True)
     try:
         moments = store.timeline(stream)
         summary = store.summary(stream)
@@ -691,7 +652,7 @@ def streams(
 
 
 async def _list_streams(settings: Settings) -> list[dict[str, Any]]:
-    store = _open_store(settings.memory, settings, readonly=True)
+    store = open_store(settings, readonly=True)
     try:
         rows = [{**info, "ingest": None} for info in store.streams()]
     finally:
@@ -730,7 +691,7 @@ def streams_delete(
     if not settings.redis.url and not (settings.memory / "memory.db").exists():
         raise LivesenseError(f"There is no livesense memory in {settings.memory}.")
     try:
-        store = _open_store(settings.memory, settings, readonly=False)
+        store = open_store(settings, readonly=False)
     except LivesenseError as e:
         if "already writing" not in str(e):
             raise
@@ -776,13 +737,10 @@ def worker(
 
 
 async def _worker(settings: Settings) -> None:
-    from livesense.memory.work_list import WorkList
-    from livesense.pipeline.perception import Perception
-    from livesense.pipeline.worker import Worker
-
-    store = _open_store(settings.memory, settings, readonly=False)
-    work = WorkList(settings.redis.url or "", settings.redis.prefix, settings.security.source_key)
-    worker_ = Worker(settings, store, work, Perception.from_settings(settings))
+    store = open_store(settings, readonly=False)
+    work = open_work_list(settings)
+    worker_ = build_services(settings, store, work=work).worker
+    assert worker_ is not None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker_.stop)

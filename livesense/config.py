@@ -109,10 +109,9 @@ class MemorySettings(BaseModel):
         0.175,
         ge=0.0,
         le=1.0,
-        description="Search and ask return no moment scoring below this (0..1). Calibrated "
-        "with the default models (bench/search_floor.py): questions about things not in "
-        "memory found at best 0.16, questions about what is there 0.29-1.0 but for two "
-        "(0.11, 0.16) of 24; see the README.",
+        description="Search and ask return no moment scoring below this (0..1): the line "
+        "between questions about things not in memory and questions about what is there, "
+        "calibrated with the default models by bench/search_floor.py (figures in the README).",
     )
     text_chars: int = Field(
         32_000,
@@ -192,7 +191,7 @@ class EngineSettings(BaseModel):
         ge=0.0,
         le=1000.0,
         description="Longest wait for more items once one is queued; None: a tenth of the "
-        "model's recent batch time (1-50 ms).",
+        "model's recent batch time, kept within 1-50 ms.",
     )
     batch_queue: int = Field(256, ge=1, description="Items queued per model, all streams.")
     batch_stream_queue: int = Field(64, ge=1, description="Items queued per model and stream.")

@@ -11,10 +11,9 @@ from rich.console import Console
 
 from livesense.config import load_settings
 from livesense.errors import LivesenseError
-from livesense.memory.store import MemoryStore
-from livesense.pipeline.perception import Perception
 from livesense.pipeline.stream_pipeline import StreamPipeline
 from livesense.sample import DEMO_SCENES, make_sample
+from livesense.service import open_services
 
 SEARCHES = ["Rome", "platform 9", "when does the cafe close"]
 QUESTIONS = ["When does the train to Rome leave?", "Until when is the cafe open?"]
@@ -32,8 +31,9 @@ async def demo(root: Path) -> None:
     for scene in DEMO_SCENES:
         con.print(f"  shows {' / '.join(scene.caption)!r}, says {scene.speech!r}")
     settings = load_settings(memory=memory)
-    store = MemoryStore(memory, settings.store)
-    perception = Perception.from_settings(settings)
+    services = open_services(settings)
+    store, perception = services.store, services.perception
+    assert perception is not None
     await asyncio.to_thread(perception.load)
     status = await StreamPipeline("sample", str(clip), settings, store, perception).run()
     if status.error:

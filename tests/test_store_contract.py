@@ -18,7 +18,11 @@ from livesense.memory.store_base import Store
 from livesense.memory.tiers import GAP, GAPS_KEPT, StreamTiers, TierBudget
 from livesense.records import SnippetRecord
 from tests.redis_server import RedisServer, redis_server
-from tests.test_tiers import SETTINGS, item, synthetic
+from tests.test_tiers import SETTINGS as TIER_SETTINGS
+from tests.test_tiers import item, synthetic
+
+# no score floor: the suite checks which moments a filter admits, however weakly they match
+SETTINGS = TIER_SETTINGS.model_copy(update={"min_score": 0.0})
 
 Opener = Callable[..., Store]  # opener(readonly=False) -> a store over the same memory
 JPEG = bytes([255, 216]) + bytes(300)

@@ -7,9 +7,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
@@ -24,24 +23,15 @@ from livesense import __version__
 from livesense.api.auth import Authenticator, OpenGrants, Principal, bearer_token
 from livesense.api.docs import add_docs
 from livesense.api.limits import RequestLimits, rate_limiter_for
-from livesense.api.tokens import Scope, TokenStore
+from livesense.api.tokens import Scope
 from livesense.api.whip import whip_router
 from livesense.config import SecuritySettings
 from livesense.errors import LivesenseError, NotFoundError, QueryError, SourceError
-from livesense.memory.store_base import Store
-from livesense.memory.watch import WatchHub
 from livesense.pipeline import metrics
-from livesense.pipeline.manager import (
-    StreamManager,
-    check_stream_id,
-    plan_start,
-    stream_id_for,
-)
+from livesense.pipeline.manager import check_stream_id, plan_start, stream_id_for
 from livesense.records import Hit
+from livesense.service import Services
 from livesense.stream.source import check_source_url
-
-if TYPE_CHECKING:
-    from livesense.memory.work_list import WorkList
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("livesense.api")
@@ -61,18 +51,6 @@ class StartStream(BaseModel):
         description="The stream already holds moments: put this recording after them (a gap "
         "marks the seam). Without it a recording for such a stream is refused (409).",
     )
-
-
-@dataclass
-class Services:
-    store: Store
-    manager: StreamManager | None
-    hub: WatchHub
-    token: str | None = None  # the admin token; None: open API (bind to loopback only)
-    tokens: TokenStore | None = None  # scoped tokens
-    security: SecuritySettings | None = None
-    work: WorkList | None = None  # Redis work list: streams run by workers, not here
-    source: str | None = None  # the stream `livesense run` ingests: /healthz reports on it
 
 
 def caller(request: Request) -> Principal:

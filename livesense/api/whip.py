@@ -31,7 +31,8 @@ from livesense.records import SnippetRecord
 from livesense.stream.webrtc import Timeline, WebRTCSource
 
 if TYPE_CHECKING:
-    from livesense.api.app import Services
+    from livesense.memory.store_base import Store
+    from livesense.service import Services
 
 log = logging.getLogger("livesense.whip")
 
@@ -180,39 +181,10 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _recent(store: Any, stream: str, limit: int) -> list[SnippetRecord]:
+def _recent(store: Store, stream: str, limit: int) -> list[SnippetRecord]:
     """The newest `limit` stored moments of a stream, newest first (the stores' `recent` gives
     them oldest first)."""
-    recent = getattr(store, "recent", None)
-    if callable(recent):
-        return sorted(recent(stream, limit), key=lambda r: (r.start, r.index), reverse=True)
-    from livesense.memory.evidence_codec import evidence_from_json
-
-    uri = store.db_path.resolve().as_uri() + "?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
-        rows = conn.execute(
-            "SELECT idx, start_t, end_t, wall, evidence, count, tier FROM records "
-            "WHERE stream = ? ORDER BY start_t DESC LIMIT ?",
-            (stream, int(limit)),
-        ).fetchall()
-    import numpy as np
-
-    return [
-        SnippetRecord(
-            stream=stream,
-            index=int(idx),
-            start=float(start),
-            end=float(end),
-            tokens=np.zeros((0, 0), np.float32),
-            token_modalities=[],
-            token_times=[],
-            evidence=evidence_from_json(ev),
-            wall=None if wall is None else float(wall),
-            count=int(count),
-            tier=str(tier),
-        )
-        for idx, start, end, wall, ev, count, tier in rows
-    ]
+    return sorted(store.recent(stream, limit), key=lambda r: (r.start, r.index), reverse=True)
 
 
 class WhipRouter(APIRouter):

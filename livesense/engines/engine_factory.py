@@ -117,8 +117,8 @@ def choose_placement(times: dict[str, list[float]], sizes: list[int]) -> tuple[s
 
     Faster at every size wins. Where they split, the one faster at batch 1 keeps the model
     unless the other is at least SPLIT_MARGIN times faster at the largest batch: a live
-    service runs small batches most of the time (on an H200 the VAD was 6x slower on the GPU at
-    batch 1 and only 1.1x faster at 16, and queued behind the GPU's other models).
+    service runs small batches most of the time, and a GPU model also queues behind the GPU's
+    other models.
     """
     (a, ta), (b, tb) = times.items()
     if all(x <= y for x, y in zip(ta, tb, strict=True)):

@@ -27,7 +27,7 @@ BUCKETS = TEXT_LENGTHS
 (to the bucket's length itself where the engine runs fixed shapes)."""
 QUERY_CACHE = 256
 """Query vectors kept by exact text (the most recently used): a repeated search, an ask after
-a search, or a client polling the same question skips the model (about 7 ms here)."""
+a search, or a client polling the same question skips the model."""
 
 
 class TextEmbedder:

@@ -94,10 +94,9 @@ def matvec(m: np.ndarray, q: np.ndarray) -> np.ndarray:
     """m @ q for a (N, D) float32 matrix and a (D,) vector, on the calling thread.
 
     numpy's einsum runs its own SIMD loop, where `@` goes to the BLAS: OpenBLAS splits a large
-    matrix-vector product over its threads, and on 2 busy cores (perception running) waiting
-    for them made the 100k-row first pass about 3 times slower at the median (10-12 ms against
-    3.5-4) and 2 to 4 times slower at p99. On idle cores the BLAS is about 1.5 ms faster; a
-    search must stay fast while ingestion runs, so one thread it is.
+    matrix-vector product over its threads, and on cores busy with perception the search
+    waits for them. The BLAS wins only on idle cores; a search must stay fast while ingestion
+    runs, so one thread it is.
     """
     return np.einsum("ij,j->i", m, q)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -38,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +51,9 @@ from livesense.errors import (
     StreamBusyError,
     missing_package,
 )
-from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.evidence_codec import evidence_from_json
 from livesense.memory.index import matvec, to_float32
-from livesense.memory.lexical import searchable_text
 from livesense.memory.local_index import Key, Lexical, LocalIndex
 from livesense.memory.loop_thread import LoopThread
 from livesense.memory.record_codec import (
@@ -99,15 +96,14 @@ ASK_HITS = 5
 BATCH = 64  # writes sent in one round trip
 FEED_KEPT = 100_000  # hint entries kept in the feed
 SWEEP_SECONDS = 5.0  # the follower checks every stream this often, hint or not...
-SWEEP_SLICES = 5  # ...a slice of them at a time: a whole sweep of 1,000 streams held up searches
+SWEEP_SLICES = 5  # ...a slice of them at a time, so that a sweep never holds up searches
 SWEEP_CHUNK = 200  # streams checked in one round trip
 QUERIED_TTL = 3600  # seconds a set of queried snippets waits for its stream's writer
 
 # Fields every record hash gets where the server has a query engine, and the index over them.
-# FLOAT16 like the stored tokens: at 384 dimensions an insert into the HNSW graph costs Redis
-# ~0.2 ms (FLOAT32 with EF_CONSTRUCTION 200: ~1.1 ms, too much for 1,000 live streams) and
-# half the memory; EF_RUNTIME 200 finds ~85% of the true 5 nearest among the 64 asked for on the
-# bench's near-duplicate scenes (64: ~70%) for ~1 ms more per query.
+# FLOAT16 like the stored tokens, and a modest EF_CONSTRUCTION: inserts into the HNSW graph stay
+# cheap enough for 1,000 live streams in half the memory; a high EF_RUNTIME lets the graph find
+# most of the true nearest among near-duplicate scenes (figures in the README).
 VEC, VSTREAM, VSTART, VEND = b"vec", b"stream", b"start", b"end"
 HNSW = ["M", 16, "EF_CONSTRUCTION", 64, "EF_RUNTIME", 200]
 LOCAL_INDEX = "local index"
@@ -443,57 +439,39 @@ class RedisStore(Store):
                 f"Stream {stream} is now ingested by {fenced}; this process stopped writing it."
             )
 
-    def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
-        """Store one moment (a no-op if its snippet is already stored). Returns once the write
-        is buffered; it reaches Redis in the background (see flush)."""
-        stream = check_stream(record.stream)
-        tokens = check_record(record)
+    publishes_on_add = False  # the change follower tells watchers of every writer's moments
+
+    @contextlib.contextmanager
+    def _writing(self, stream: str) -> Iterator[StreamTiers]:
+        """The stream's lock and tiers (taking its lease on first use)."""
         self._check_writable(stream)
-        index = int(record.index)
         with self._stream_lock(stream):
             tiers = self._tiers.get(stream) or self._open_stream(stream)
             tiers.mark_queried(self._queried_inbox.pop(stream, ()))
-            ev = record.evidence
-            if keyframe:
-                ev = dataclasses.replace(ev, keyframe=f"{stream}/{index}.jpg")
-            item = Stored(
-                rid=index,
-                record=dataclasses.replace(record, tokens=tokens, evidence=ev),
-                last_index=index,
-                lex=searchable_text(ev),
-            )
-            plan = tiers.admit(item)
-            if plan is None:
-                return
-            self._seq[stream] = seq = self._seq.get(stream, 0) + 1
-            write = self._encode(plan.stream, seq, plan.index, plan, keyframe)
-            with self._space:
-                while len(self._pending) >= self.redis_settings.buffer and not self._closed:
-                    self._space.wait(1.0)
-                self._pending.append(write)
-                wake = self._flusher_idle
-                self._flusher_idle = False
+            yield tiers
+
+    def _keyframe_ref(self, stream: str, index: int, data: bytes) -> str:
+        return f"{stream}/{index}.jpg"  # the JPEG goes with the plan's write
+
+    def _record_id(self, index: int) -> int:
+        return index
+
+    def _write_plan(self, plan: TierPlan, keyframe: bytes | None) -> None:
+        """Buffer the plan's write (waiting while the buffer is full); it reaches Redis in
+        the background (see flush)."""
+        stream = plan.stream
+        self._seq[stream] = seq = self._seq.get(stream, 0) + 1
+        write = self._encode(stream, seq, plan.index, plan, keyframe)
+        with self._space:
+            while len(self._pending) >= self.redis_settings.buffer and not self._closed:
+                self._space.wait(1.0)
+            self._pending.append(write)
+            wake, self._flusher_idle = self._flusher_idle, False
         if wake and self._wake is not None:  # the flusher sleeps only when nothing is pending
             self._io.loop.call_soon_threadsafe(self._wake.set)
 
-    def import_stream(
-        self, stream: str, items: list[Stored], summary: StreamSummary | None = None
-    ) -> None:
-        """Store a stream's records as they are (see Store.import_stream); buffered like add."""
-        check_stream(stream)
-        with self._stream_lock(stream):
-            tiers = self._tiers.get(stream) or self._open_stream(stream)
-            if tiers.items():
-                raise LivesenseError(f"Stream {stream} is already stored here.")
-            self._tiers[stream] = StreamTiers(stream, self.budget, items, summary)
-            plan = TierPlan(stream, -1, [Put(it) for it in items], summary)
-            self._seq[stream] = seq = self._seq.get(stream, 0) + 1
-            write = self._encode(stream, seq, -1, plan, None)
-            with self._space:
-                self._pending.append(write)
-                wake, self._flusher_idle = self._flusher_idle, False
-        if wake and self._wake is not None:
-            self._io.loop.call_soon_threadsafe(self._wake.set)
+    def _imported(self, stream: str, items: list[Stored], summary: StreamSummary | None) -> None:
+        self._tiers[stream] = StreamTiers(stream, self.budget, items, summary)
 
     def delete_stream(self, stream: str) -> dict[str, int]:
         """Delete every key of the stream (records with their vectors, timeline, change log,
@@ -1100,8 +1078,8 @@ class RedisStore(Store):
 
     async def _cosines(self, qvec: np.ndarray, names: list[Key]) -> dict[Key, float]:
         """Exact cosines (the best of their tokens) of the named records still stored. Their
-        tokens come in one reply of the query engine (INKEYS), not one per record: a pipeline
-        of ~120 HGETs cost 5 ms a query, most of it in the client."""
+        tokens come in one reply of the query engine (INKEYS), not one per record: a reply per
+        record costs the client more than the query itself."""
         if not names:
             return {}
         keys = [self.keys.record(s, idx) for s, idx in names]

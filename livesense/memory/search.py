@@ -13,8 +13,8 @@ For a query q and a stored moment m:
                   + ALL_TERMS_BONUS if every content word of q was found
 
 The score lies in [0, 1]. Lexical is BM25 with term frequency saturated at one occurrence and
-no length normalisation (a moment is a sentence or two of speech and a few lines of text):
-ranking all matches of a common word by FTS5's bm25() costs 25-150 ms at 100k moments, so
+no length normalisation (a moment is a sentence or two of speech and a few lines of text).
+Ranking all matches of a common word by FTS5's bm25() grows with the memory, so
 FTS5 finds candidates (the newest matches of all words together, and of each word, as a word
 or inside glued text) and its vocabulary gives the document frequencies. A search within one
 stream (every search of a scoped token) counts N and df in that stream alone, so that its
@@ -169,8 +169,8 @@ class DocFreqs:
     """Words' document frequencies (in all streams, or in one), kept while the memory (or the
     stream) changes size by under STALE.
 
-    FTS5 counts a word's documents by walking its whole list of rows (0.7 ms for a word in 12k
-    of 100k moments), where a search engine's term dictionary holds the count. A word's idf
+    FTS5 counts a word's documents by walking its whole list of rows, where a search engine's
+    term dictionary holds the count. A word's idf
     moves little while the corpus changes by a few percent, so a count is reused until then.
     """
 

@@ -13,7 +13,6 @@ merging are logged with the `generation` they were removed in.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -28,11 +27,9 @@ import numpy as np
 from livesense.config import MemorySettings
 from livesense.engines.text import DIM, TextEmbedder
 from livesense.errors import LivesenseError, NotFoundError
-from livesense.memory.checks import check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.evidence_codec import evidence_from_json, evidence_to_json
 from livesense.memory.index import IndexEntry, VectorIndex
-from livesense.memory.lexical import searchable_text
 from livesense.memory.search import DocFreqs, check_stream, rank
 from livesense.memory.store_base import Store
 from livesense.memory.summary import StreamSummary
@@ -350,11 +347,8 @@ class MemoryStore(Store):
 
     # -- writing -------------------------------------------------------------------------
 
-    def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
-        """Store one moment (a no-op if its snippet is already stored) and publish it."""
-        stream = check_stream(record.stream)
-        tokens = check_record(record)
-        index = int(record.index)
+    @contextlib.contextmanager
+    def _writing(self, stream: str) -> Iterator[StreamTiers]:
         with self._write_lock:
             conn = self._writer
             if conn is None:
@@ -363,46 +357,25 @@ class MemoryStore(Store):
             tiers = self._tiers_of(conn, stream)
             with self._queried_lock:
                 tiers.mark_queried(self._queried.pop(stream, ()))
-            if tiers.covering(index) is not None:
-                return
-            ev = record.evidence
-            if keyframe:
-                ev = dataclasses.replace(ev, keyframe=self._write_keyframe(stream, index, keyframe))
-            item = Stored(
-                rid=0,
-                record=dataclasses.replace(record, tokens=tokens, evidence=ev),
-                last_index=index,
-                lex=searchable_text(ev),
-            )
-            plan = tiers.admit(item)
-            if plan is None:
-                return
-            try:
-                self._apply(conn, plan)
-            except BaseException:
-                self._tiers.pop(stream, None)  # reloaded from what was committed
-                raise
-        if self.hub is not None:
-            try:
-                self.hub.publish(item.record)
-            except Exception:  # a failing standing query must not fail the ingest
-                log.exception("publishing moment %s/%s to watchers failed", stream, index)
+            yield tiers
 
-    def import_stream(
-        self, stream: str, items: list[Stored], summary: StreamSummary | None = None
-    ) -> None:
-        """Store a stream's records as they are (see Store.import_stream)."""
-        check_stream(stream)
-        with self._write_lock:
-            conn = self._writer
-            if conn is None:
-                raise LivesenseError("This memory is open read-only; it cannot be written.")
-            if self._tiers_of(conn, stream).items():
-                raise LivesenseError(f"Stream {stream} is already stored here.")
-            self._tiers.pop(stream, None)
-            plan = TierPlan(stream, -1, [Put(it) for it in items], summary)
-            self._apply(conn, plan)
-            self._tiers.pop(stream, None)  # loaded again from what was committed
+    def _keyframe_ref(self, stream: str, index: int, data: bytes) -> str:
+        return self._write_keyframe(stream, index, data)
+
+    def _record_id(self, index: int) -> int:
+        return 0  # the row id, set when the row is inserted
+
+    def _write_plan(self, plan: TierPlan, keyframe: bytes | None) -> None:
+        """Apply the plan in one transaction (its keyframe file is written already)."""
+        assert self._writer is not None
+        try:
+            self._apply(self._writer, plan)
+        except BaseException:
+            self._tiers.pop(plan.stream, None)  # reloaded from what was committed
+            raise
+
+    def _imported(self, stream: str, items: list[Stored], summary: StreamSummary | None) -> None:
+        self._tiers.pop(stream, None)  # loaded again from what was committed
 
     def delete_stream(self, stream: str) -> dict[str, int]:
         """Delete the stream's moments (rows, text index, vectors), summary, gap markers and

@@ -9,7 +9,10 @@ differs is only where records live and how a process sees other processes' write
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,19 +20,21 @@ import numpy as np
 
 from livesense.config import MemorySettings
 from livesense.engines.text import TextEmbedder, shared_text_embedder
-from livesense.errors import QueryError
+from livesense.errors import LivesenseError, QueryError
 from livesense.memory.answer import compose_answer
-from livesense.memory.checks import check_range
+from livesense.memory.checks import check_range, check_record
 from livesense.memory.consolidate import Stored
+from livesense.memory.lexical import searchable_text
 from livesense.memory.search import check_query, check_stream
 from livesense.memory.summary import StreamSummary
-from livesense.memory.tiers import GapMark, TimelineMoment
+from livesense.memory.tiers import GapMark, Put, StreamTiers, TierPlan, TimelineMoment
 from livesense.records import Answer, Hit, SnippetRecord
 
 if TYPE_CHECKING:
     from livesense.memory.watch import WatchHub
 
 ASK_HITS = 5
+log = logging.getLogger(__name__)
 
 
 class Store(ABC):
@@ -48,19 +53,75 @@ class Store(ABC):
 
     # -- writing ---------------------------------------------------------------------------
 
-    @abstractmethod
     def add(self, record: SnippetRecord, keyframe: bytes | None = None) -> None:
-        """Store one moment (a no-op if its snippet is already stored)."""
+        """Store one moment (a no-op if its snippet is already stored): the stream's tiers
+        admit it and the store writes the plan they return; then watchers hear of it."""
+        stream = check_stream(record.stream)
+        tokens = check_record(record)
+        index = int(record.index)
+        with self._writing(stream) as tiers:
+            if tiers.covering(index) is not None:
+                return
+            ev = record.evidence
+            if keyframe:
+                ev = dataclasses.replace(ev, keyframe=self._keyframe_ref(stream, index, keyframe))
+            item = Stored(
+                rid=self._record_id(index),
+                record=dataclasses.replace(record, tokens=tokens, evidence=ev),
+                last_index=index,
+                lex=searchable_text(ev),
+            )
+            plan = tiers.admit(item)
+            if plan is None:
+                return
+            self._write_plan(plan, keyframe)
+        if self.publishes_on_add and self.hub is not None:
+            try:
+                self.hub.publish(item.record)
+            except Exception:  # a failing standing query must not fail the ingest
+                log.exception("publishing moment %s/%s to watchers failed", stream, index)
 
     def flush(self, timeout: float | None = 30.0) -> None:  # noqa: B027 (optional hook)
         """Wait until every moment added so far is stored (writes may be buffered)."""
 
-    @abstractmethod
     def import_stream(
         self, stream: str, items: list[Stored], summary: StreamSummary | None = None
     ) -> None:
         """Store a stream's records as they are (a stream copied from another store, or built
         by running StreamTiers elsewhere); the stream must not be stored here yet."""
+        check_stream(stream)
+        with self._writing(stream) as tiers:
+            if tiers.items():
+                raise LivesenseError(f"Stream {stream} is already stored here.")
+            self._write_plan(TierPlan(stream, -1, [Put(it) for it in items], summary), None)
+            self._imported(stream, items, summary)
+
+    # -- storage primitives: what each store supplies to the write path above ---------------
+
+    publishes_on_add = True  # False: the store tells watchers of new moments another way
+
+    @abstractmethod
+    def _writing(self, stream: str) -> AbstractContextManager[StreamTiers]:
+        """Hold the stream for writing (refused with one sentence when the store cannot
+        write it) and give its tiers, loaded on first use, with the queries they had."""
+
+    @abstractmethod
+    def _keyframe_ref(self, stream: str, index: int, data: bytes) -> str:
+        """The reference the evidence keeps for snippet `index`'s JPEG keyframe (the store
+        may write `data` now or with the plan)."""
+
+    @abstractmethod
+    def _record_id(self, index: int) -> int:
+        """The id a new record of snippet `index` starts with."""
+
+    @abstractmethod
+    def _write_plan(self, plan: TierPlan, keyframe: bytes | None) -> None:
+        """Write one plan of the stream's tiers (under `_writing`); `keyframe`: the JPEG of
+        the plan's new snippet, if any."""
+
+    @abstractmethod
+    def _imported(self, stream: str, items: list[Stored], summary: StreamSummary | None) -> None:
+        """Bring the stream's cached tiers in line after an import was written."""
 
     @abstractmethod
     def delete_stream(self, stream: str) -> dict[str, int]:

@@ -62,7 +62,7 @@ HANGOVER = 0.5
 """Seconds of non-speech that close a speech region (live sources)."""
 FILE_HANGOVER = 3.0
 """Files: pauses up to this long stay inside one region. Whisper encodes 30 s windows
-whatever the region's length, so one call over two sentences costs ~35% less than two."""
+whatever the region's length, so one call over two sentences costs less than two."""
 MIN_SPEECH = 0.2
 """Regions with less speech than this (s) are not transcribed (clicks, breaths)."""
 HYSTERESIS = 0.15
@@ -80,9 +80,9 @@ QUIET_EDGE = 0.25
 MIN_CONTEXT = 3.0
 """Live: an utterance's first call waits for this much audio (s) while the speech runs on."""
 OVERLAP = 1.0
-"""Live: audio (s) before the last committed word given to Whisper again as context. (The
-committed text as Whisper's prompt was tried and made tiny.en worse: word starts stretched
-back over pauses, and repeated phrases copied into the silence after the speech.)"""
+"""Live: audio (s) before the last committed word given to Whisper again as context. The
+context is audio, not the committed text as Whisper's prompt: a prompt lets small models
+stretch word starts back over pauses and copy repeated phrases into the silence after speech."""
 ONSET_RISE_DB = 9.0
 ONSET_FLOOR_DB = -50.0
 ONSET_HOP = 256

@@ -269,7 +269,7 @@ class PyAVSource(ThreadFed):
             rate = video.average_rate or video.guessed_rate
             if rate and fps * SKIP_NONREF_FACTOR <= rate:
                 # Sampling a few frames a second: frames no other frame refers to need not be
-                # decoded at all (~30% less decoding for H.264 with B-frames).
+                # decoded at all (for H.264 with B-frames, a good share of the decoding).
                 video.codec_context.skip_frame = "NONREF"
 
     def __repr__(self) -> str:
