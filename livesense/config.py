@@ -254,8 +254,10 @@ class RedisSettings(BaseModel):
     )
     vector_index: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Search vectors with Redis's own index (query engine: Redis 8 or Redis "
-        "Stack): auto (when the server has it), on (it must), off (an index per query process).",
+        description="Where searches find vectors: auto (an index per query process, which finds "
+        "what exact search finds; records still get their vectors in Redis's own index where the "
+        "server has a query engine), on (Redis's own HNSW index: nothing held per process, far "
+        "lower recall; the server must have it), off (an index per query process).",
     )
 
 

@@ -96,14 +96,18 @@ def test_query_engine_finds_the_same_moments_as_the_local_index(
     records = scene_records()
     write(clean(stack), records)
     write(clean(plain), records)
-    engine = RedisStore(stack.url, SETTINGS, FAST, readonly=True)
+    engine = RedisStore(stack.url, SETTINGS, FAST, readonly=True, vector_index=True)
     local = RedisStore(stack.url, SETTINGS, FAST, readonly=True, vector_index=False)
     debian = RedisStore(plain.url, SETTINGS, FAST, readonly=True)
-    resp2 = RedisStore(stack.url + "?protocol=2", SETTINGS, FAST, readonly=True)  # other replies
+    resp2 = RedisStore(  # other replies
+        stack.url + "?protocol=2", SETTINGS, FAST, readonly=True, vector_index=True
+    )
+    default = RedisStore(stack.url, SETTINGS, FAST, readonly=True)
     try:
         assert engine.vector_search == QUERY_ENGINE
         assert engine.health()["vector_search"] == QUERY_ENGINE == resp2.vector_search
         assert local.vector_search == LOCAL_INDEX and debian.vector_search == LOCAL_INDEX
+        assert default.vector_search == LOCAL_INDEX  # auto: the index that meets exact search
         for st in (engine, local, debian, resp2):
             st.sync()
         assert engine.local_size == local.local_size == debian.local_size > 0
@@ -132,7 +136,7 @@ def test_query_engine_finds_the_same_moments_as_the_local_index(
         assert engine.search("x", stream="nowhere") == []
         assert engine.search("puppy", start=1e6) == []
     finally:
-        for st in (engine, local, debian, resp2):
+        for st in (engine, local, debian, resp2, default):
             st.close()
 
 
@@ -173,7 +177,7 @@ def test_records_stored_before_the_index_get_their_vectors(stack: RedisServer) -
     for key in client.scan_iter(match="ls:{*}:r:*"):
         client.hdel(key, "vec", "stream", "start", "end")  # as written by a Redis without it
     client.close()
-    with RedisStore(url, SETTINGS, FAST, readonly=True) as store:
+    with RedisStore(url, SETTINGS, FAST, readonly=True, vector_index=True) as store:
         assert store.vector_search == QUERY_ENGINE
         assert index_docs(url) == store.count()
         assert [moments(store.search(q)) for q in QUERIES] == before
