@@ -199,7 +199,7 @@ def test_keys_are_cluster_safe(url: str) -> None:
         r = synthetic(500, rng)
         tiers = store._open_stream("cam1")
         plan = tiers.admit(Stored(0, r, 500, "x"))
-        write = store._encode("cam1", 1, 500, plan, b"\xff\xd8")
+        write = store._writer.encode("cam1", 1, 500, plan, b"\xff\xd8")
         assert len({key_slot(k.encode()) for k in write.keys}) == 1
 
 
