@@ -26,15 +26,6 @@ T = TypeVar("T")
 log = logging.getLogger("livesense.memory.redis_store")
 
 
-def import_redis() -> Any:
-    """redis-py's asyncio module, or one sentence naming the extra to install."""
-    try:
-        import redis.asyncio as aioredis
-    except ImportError:
-        raise missing_package("redis", "The Redis store", extra="redis") from None
-    return aioredis
-
-
 class RedisLink:
     """The client, its loop thread, and the names and settings the parts share."""
 
@@ -80,3 +71,12 @@ class RedisLink:
             raise StoreUnavailableError(
                 f"Redis at {self.shown} could not {what} ({e.__class__.__name__}: {e})."
             ) from None
+
+
+def import_redis() -> Any:
+    """redis-py's asyncio module, or one sentence naming the extra to install."""
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        raise missing_package("redis", "The Redis store", extra="redis") from None
+    return aioredis
