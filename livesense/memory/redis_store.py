@@ -110,6 +110,8 @@ class RedisStore(Store):
             raise
 
     async def _start(self) -> None:
+        """Connect, load the scripts, open the vector index and start the background tasks
+        (a follower first loads every stream into its index)."""
         await self._link.connect()
         for part in (self._leases, self._writer, self._gaps):
             part.register()
@@ -160,7 +162,8 @@ class RedisStore(Store):
         with self._stream_lock(stream):
             self._writer.drain(stream, timeout)
             self._tiers.pop(stream, None)
-            self._leases.give_up(stream)
+            self._leases.owned.discard(stream)
+        self._leases.give_up(stream)
 
     # -- writing ---------------------------------------------------------------------------
 

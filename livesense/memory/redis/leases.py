@@ -59,11 +59,9 @@ class Leases:
         return True
 
     def wait_for(self, stream: str, say: Callable[[str], None] | None = None) -> bool:
-        """Take the stream's lease, waiting for one whose holder stopped renewing it; True when
-        it was taken over from such a holder. A holder seen renewing its lease (or a third
-        process taking it) ends the wait at once with a one-sentence refusal."""
-        if self.acquire(stream):
-            return False
+        """Take a lease that another process holds once its holder stops renewing it (True);
+        a holder seen renewing it (or a third process taking it) ends the wait at once with
+        a one-sentence refusal."""
         ttl = self.link.settings.lease_ttl
         key = self.link.keys.lease(stream)
         holder, left = self.link.call(self.state(key), "read a lease")
