@@ -258,3 +258,30 @@ def test_cli_reads_the_shared_memory(url: str) -> None:
     assert result.returncode == 1 and "cannot be reached" in result.stderr
     assert "Traceback" not in result.stderr
 
+
+async def test_pipelined_reads_hand_each_item_its_own_replies(url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from livesense.memory.redis.pipelined import pipelined, read, read_all
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.mset({f"k{i}": str(i) for i in range(7)})
+        # one command for even items, two for odd ones; three items to a round trip
+        rounds = [
+            part
+            async for part in pipelined(
+                client, range(7), lambda p, i: p.get(f"k{i}") if i % 2 == 0 else
+                (p.get(f"k{i}"), p.strlen(f"k{i}")), chunk=3,
+                also=lambda p: p.set("rode-along", 1),
+            )
+        ]  # fmt: skip
+        assert [len(part) for part in rounds] == [3, 3, 1]
+        pairs = [pair for part in rounds for pair in part]
+        assert pairs[:3] == [(0, [b"0"]), (1, [b"1", 1]), (2, [b"2"])]
+        assert pairs[6] == (6, [b"6"])
+        assert await client.get("rode-along") == b"1"
+        assert await read_all(client, [], lambda p, i: p.get(i)) == []
+        assert await read(client, lambda p: (p.get("k3"), p.exists("k3", "k4"))) == [b"3", 2]
+    finally:
+        await client.aclose()
