@@ -285,3 +285,18 @@ async def test_pipelined_reads_hand_each_item_its_own_replies(url: str) -> None:
         assert await read(client, lambda p: (p.get("k3"), p.exists("k3", "k4"))) == [b"3", 2]
     finally:
         await client.aclose()
+
+
+def test_record_meta_keeps_the_stored_layout() -> None:
+    from livesense.memory.record_codec import META, RecordMeta, pack_record, unpack_record
+
+    r = synthetic(7, np.random.default_rng(1))
+    fields = pack_record(Stored(7, r, 9, "lex", salience=0.123456))
+    raw = json.loads(fields[META])
+    assert set(raw) == {"l", "s", "e", "w", "c", "sal", "mods", "times", "cd"}
+    assert (raw["l"], raw["s"], raw["e"], raw["sal"]) == (9, r.start, r.end, 0.1235)
+    meta = RecordMeta.from_json(fields[META])
+    assert meta.to_json() == fields[META]
+    assert (meta.last, meta.modalities, meta.clip_dim) == (9, r.token_modalities, None)
+    back = unpack_record("cam", 7, fields)
+    assert (back.last_index, back.record.end, back.salience) == (9, r.end, 0.1235)
