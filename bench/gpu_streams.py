@@ -25,7 +25,10 @@ One Python process runs every stream's per-snippet work under one interpreter lo
 some N it, not the GPU, is the limit. `--procs P` spreads the N streams over P processes
 (spawned, each with its own models and batchers on the shared GPU, as `livesense worker`
 processes share a machine); they start together, and one report merges theirs: latency over
-every snippet, CPU cores used by all of them, batchers summed.
+every snippet, CPU cores used by all of them, batchers summed. Each run also reports every
+model's calls and seconds inside the runtime (`engines`: a batcher's run_seconds less these is
+the work around the model on its one thread) and how late a thread that sleeps 5 ms wakes
+(`wake_lag_ms`: what each hand-off between threads waits for the interpreter lock and a core).
 """
 
 from __future__ import annotations
@@ -169,7 +172,14 @@ class Models:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def load_models(device: str, whisper_device: str, threads: int, procs: int = 1) -> Models:
+def load_models(
+    device: str,
+    whisper_device: str,
+    threads: int,
+    procs: int = 1,
+    backends: dict[str, str] | None = None,
+) -> Models:
+    """The shared models; `backends` fixes each model's backend (else placed by measurement)."""
     from livesense.config import load_settings
     from livesense.engines.batcher import Batcher
     from livesense.engines.engine_factory import EngineFactory
@@ -179,7 +189,9 @@ def load_models(device: str, whisper_device: str, threads: int, procs: int = 1) 
     from livesense.engines.text import TextEmbedder
     from livesense.engines.vad import vad_batcher
 
-    settings = load_settings(None, device=device, **{"engines.threads": threads})
+    settings = load_settings(
+        None, device=device, **{"engines.threads": threads, "engines.backends": backends}
+    )
     factory = EngineFactory(settings.engines, settings.device)
     vad_engine = factory.engine(_spec(VAD), threads=1)  # as the service runs it
     models = Models(
@@ -481,6 +493,7 @@ def run_part(
         results = [StreamResult() for _ in range(count)]
         batchers = _batchers(models)
         before = {k: dict(b.stats.as_json()) for k, b in batchers.items()}
+        engines_before = _engine_counts(models)
         go = Starter(count)
         threads = [
             threading.Thread(
@@ -497,8 +510,9 @@ def run_part(
         if wait > 0:
             time.sleep(wait)
         cpu0, wall0 = os.times(), time.perf_counter()
-        for t in threads:
-            t.join(timeout=seconds * 20 + 120)
+        with WakeProbe() as lag:
+            for t in threads:
+                t.join(timeout=seconds * 20 + 120)
         cpu1, wall = os.times(), time.perf_counter() - wall0
         stored = store.count()
         store.close()
@@ -508,9 +522,62 @@ def run_part(
         "cpu_seconds": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
         "wall_seconds": wall,
         "batchers": {k: _delta(before.get(k, {}), b.stats.as_json()) for k, b in batchers.items()},
+        "engines": _engine_delta(engines_before, _engine_counts(models)),
+        "wake_lags": lag.lags,
         "stored": stored,
         "pid": os.getpid(),
     }
+
+
+class WakeProbe:
+    """A thread that sleeps 5 ms over and over and records how late it wakes (s): the wait
+    for the interpreter lock and a core, which every hand-off between threads also pays."""
+
+    PERIOD = 0.005
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, name="wake-probe", daemon=True)
+
+    def _probe(self) -> None:
+        while not self._stop.is_set() and len(self.lags) < 100_000:
+            t0 = time.perf_counter()
+            time.sleep(self.PERIOD)
+            self.lags.append(max(0.0, time.perf_counter() - t0 - self.PERIOD))
+
+    def __enter__(self) -> WakeProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _engine_counts(models: Models) -> dict[str, dict[str, float]]:
+    out = {}
+    for e in models.factory.engines():
+        out[e.name] = {
+            "calls": e.timing.calls,
+            "items": e.timing.items,
+            "seconds": e.timing.seconds,
+            "unbucketed": e.shape_stats.unbucketed,
+        }
+    return out
+
+
+def _engine_delta(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Each model's calls, rows and seconds inside Engine.run during the run (the runtime and
+    its padding: the batcher's run_seconds less these is the work around the model), and
+    calls at a shape outside its buckets (on a GPU, each may search its algorithms)."""
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        out[name] = {k: a[k] - b.get(k, 0) for k in a}
+    return out
 
 
 def merge(parts: list[dict[str, Any]], gpu: dict[str, Any] | None) -> dict[str, Any]:
@@ -539,6 +606,16 @@ def merge(parts: list[dict[str, Any]], gpu: dict[str, Any] | None) -> dict[str, 
             into["run_seconds"] = round(into.get("run_seconds", 0.0) + b["run_seconds"], 3)
     for b in batchers.values():
         b["mean_batch"] = round(b["items"] / b["batches"], 2) if b["batches"] else 0.0
+    engines: dict[str, dict[str, float]] = {}
+    for part in parts:
+        for name, e in part["engines"].items():
+            into = engines.setdefault(name, dict.fromkeys(e, 0))
+            for k, v in e.items():
+                into[k] += v
+    for e in engines.values():
+        e["seconds"] = round(e["seconds"], 3)
+        e["ms_per_call"] = round(1000 * e["seconds"] / e["calls"], 2) if e["calls"] else 0.0
+    lags = [x for part in parts for x in part["wake_lags"]]
     return {
         "streams": n,
         "snippets": done,
@@ -557,6 +634,11 @@ def merge(parts: list[dict[str, Any]], gpu: dict[str, Any] | None) -> dict[str, 
         "batchers": {
             k: {f: b[f] for f in ("batches", "items", "mean_batch", "drops", "run_seconds")}
             for k, b in batchers.items()
+        },
+        "engines": engines,
+        "wake_lag_ms": {
+            "p50": round(1000 * percentile(lags, 50), 2) if lags else None,
+            "p99": round(1000 * percentile(lags, 99), 2) if lags else None,
         },
         "words": sum(r.words for r in results),
         "ocr_lines": sum(r.ocr_lines for r in results),
@@ -599,13 +681,22 @@ def split(n: int, procs: int) -> list[tuple[int, int]]:
 
 
 def _worker(
-    conn: Any, device: str, whisper_device: str, threads: int, procs: int, clip: str, length: float
+    conn: Any,
+    device: str,
+    whisper_device: str,
+    threads: int,
+    procs: int,
+    backends: dict[str, str] | None,
+    clip: str,
+    length: float,
 ) -> None:
     """One process of a `--procs` run: loads the models, then runs the parts it is sent."""
     try:
         t0 = time.perf_counter()
-        models = load_models(device, whisper_device, threads, procs)
-        conn.send(("loaded", models.notes, models.whisper_device, time.perf_counter() - t0))
+        models = load_models(device, whisper_device, threads, procs, backends)
+        chosen = {e.name: e.backend for e in models.factory.engines()}
+        loaded = time.perf_counter() - t0
+        conn.send(("loaded", models.notes, models.whisper_device, chosen, loaded))
     except Exception as e:  # reported to the parent, which ends the benchmark with it
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
@@ -635,35 +726,56 @@ def _worker(
 
 class Pool:
     """P worker processes (spawned: a fresh interpreter each, CUDA-safe), each with its own
-    models and batchers on the shared GPU, and each process's part of every run."""
+    models and batchers on the shared GPU, and each process's part of every run. The first
+    loads alone and places the models by measurement; the others load together with its
+    placement (and its Whisper device), so that all run alike and none times a model while
+    the others load."""
 
     def __init__(
         self, procs: int, device: str, whisper_device: str, threads: int, clip: Path, length: float
     ) -> None:
         import multiprocessing as mp
 
-        ctx = mp.get_context("spawn")
+        self._ctx = mp.get_context("spawn")
         self.conns: list[Any] = []
         self.procs: list[Any] = []
-        for _ in range(procs):
-            mine, theirs = ctx.Pipe()
-            p = ctx.Process(
-                target=_worker,
-                args=(theirs, device, whisper_device, threads, procs, str(clip), length),
-                daemon=True,
+        self.notes: dict[str, str] = {}
+        self.whisper_device = ""
+        args = (device, whisper_device, threads, procs)
+        self._start(1, args, None, clip, length)
+        backends = self._loaded(self.conns[:1], first=True)
+        args = (device, self.whisper_device, threads, procs)
+        self._start(procs - 1, args, backends, clip, length)
+        self._loaded(self.conns[1:], first=False)
+
+    def _start(
+        self,
+        count: int,
+        args: tuple[str, str, int, int],
+        backends: dict[str, str] | None,
+        clip: Path,
+        length: float,
+    ) -> None:
+        for _ in range(count):
+            mine, theirs = self._ctx.Pipe()
+            p = self._ctx.Process(
+                target=_worker, args=(theirs, *args, backends, str(clip), length), daemon=True
             )
             p.start()
             theirs.close()
             self.conns.append(mine)
             self.procs.append(p)
-        self.notes: dict[str, str] = {}
-        self.whisper_device = ""
-        for conn in self.conns:
+
+    def _loaded(self, conns: list[Any], first: bool) -> dict[str, str]:
+        backends: dict[str, str] = {}
+        for conn in conns:
             kind, *rest = self._recv(conn, 600)
             if kind != "loaded":
                 self.close()
                 raise RuntimeError(f"A benchmark process could not load the models: {rest[0]}")
-            self.notes, self.whisper_device = rest[0], rest[1]
+            if first:
+                self.notes, self.whisper_device, backends = rest[0], rest[1], rest[2]
+        return backends
 
     def _recv(self, conn: Any, timeout: float) -> tuple[Any, ...]:
         if not conn.poll(timeout):
