@@ -14,8 +14,11 @@
 #    is installed (builds, parity, cache, INT8, 16 streams);
 # 2. livesense bench engines --json on ort-cuda and on ort-cpu (all cores): batch 1 and the
 #    batcher at 1, 4 and 16 streams;
-# 3. python -m bench.gpu_streams with increasing N (16, 64, 128, 256 by default, as time
-#    allows), stopping at the first N not held in real time;
+# 3. python -m bench.gpu_streams with increasing N (32, 100, 160 by default, as time allows),
+#    stopping at the first N not held in real time; the streams are spread over
+#    GPU_CHECK_PROCS processes sharing the GPU (default auto: one per 4 cores), since one
+#    process's interpreter lock, not the GPU, limits how many streams it holds; Whisper on
+#    the GPU when CTranslate2 runs there (GPU_CHECK_WHISPER_GPU=0: on the CPU);
 # 4. summary.md: the issue's targets, each marked met or not.
 # What it writes under OUT (at most 8 files): gpu-check.log, environment.json, pytest-gpu.txt,
 # bench-gpu.json (ort-cuda), bench-cpu.json (ort-cpu), streams.json, summary.md. The engine cache and a
@@ -23,6 +26,7 @@
 # Exit status: 0 when the tests passed and every step ran, else the first failure's.
 # GPU_CHECK_CONV_SEARCH=EXHAUSTIVE times every convolution algorithm once per bucket at
 # warm-up (slower start, maybe faster batches) for the engine benchmark.
+# GPU_CHECK_STEPS (default "pytest engines streams") runs only the steps named.
 # To try the script without a GPU (CPU, small N): GPU_CHECK_ALLOW_NO_GPU=1
 #   GPU_CHECK_BACKEND=ort-cpu GPU_CHECK_STREAMS=2 GPU_CHECK_STREAM_SECONDS=6
 #   PYTHON=.venv/bin/python deploy/gpu-check.sh --carried /tmp/gpu-check-out
@@ -41,8 +45,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$(mkdir -p "${1:-./gpu-check-out}" && cd "${1:-./gpu-check-out}" && pwd)"
 WORK="${GPU_CHECK_WORK:-/tmp/livesense-gpu-check}"
 CACHE="$WORK/engines"
-STREAMS="${GPU_CHECK_STREAMS:-16 64 128 256}"
+STREAMS="${GPU_CHECK_STREAMS:-32 100 160}"
 STREAM_SECONDS="${GPU_CHECK_STREAM_SECONDS:-16}"
+PROCS="${GPU_CHECK_PROCS:-auto}"
+STEPS="${GPU_CHECK_STEPS:-pytest engines streams}"
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 BACKEND="${GPU_CHECK_BACKEND:-ort-cuda}"
 CORES=$(nproc)
 mkdir -p "$WORK" "$CACHE"
@@ -145,15 +152,18 @@ engines:
 EOF
 export LIVESENSE_GPU_CACHE="$CACHE"
 
-step "pytest -m gpu"
-limit=$(($(left) - 300))
-[ "$limit" -lt 60 ] && limit=60
-timeout "$limit" "$PY" -m pytest -m gpu tests/gpu -q -ra -p no:cacheprovider -p no:asyncio \
-    -o addopts="" --timeout 120 2>&1 | tee "$OUT/pytest-gpu.txt"
-rc=${PIPESTATUS[0]}
-[ "$rc" -ne 0 ] && fail "pytest -m gpu" "$rc"
+if wanted pytest; then
+    step "pytest -m gpu"
+    limit=$(($(left) - 300))
+    [ "$limit" -lt 60 ] && limit=60
+    timeout "$limit" "$PY" -m pytest -m gpu tests/gpu -q -ra -p no:cacheprovider -p no:asyncio \
+        -o addopts="" --timeout 120 2>&1 | tee "$OUT/pytest-gpu.txt"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -ne 0 ] && fail "pytest -m gpu" "$rc"
+fi
 
 for which in gpu cpu; do
+    wanted engines || break
     backend="$BACKEND"
     [ "$which" = cpu ] && backend=ort-cpu
     step "livesense bench engines --backend $backend"
@@ -173,16 +183,18 @@ for which in gpu cpu; do
     [ "$rc" -ne 0 ] && fail "bench $backend" "$rc"
 done
 
-step "python -m bench.gpu_streams (N = $STREAMS)"
-sweep=()
-for n in $STREAMS; do sweep+=(--streams "$n"); done
-whisper=cpu
-[ "${GPU_CHECK_WHISPER_GPU:-0}" = 1 ] && whisper=auto
-timeout "$(($(left) - 10))" "$PY" -m bench.gpu_streams "${sweep[@]}" --seconds "$STREAM_SECONDS" \
-    --device auto --whisper-device "$whisper" --threads 4 --stop-when-lost \
-    --budget "$(($(left) - 15))" --json "$OUT/streams.json"
-rc=$?
-[ "$rc" -ne 0 ] && fail "bench.gpu_streams" "$rc"
+if wanted streams; then
+    step "python -m bench.gpu_streams (N = $STREAMS, $PROCS processes)"
+    sweep=()
+    for n in $STREAMS; do sweep+=(--streams "$n"); done
+    whisper=auto
+    [ "${GPU_CHECK_WHISPER_GPU:-1}" = 0 ] && whisper=cpu
+    timeout "$(($(left) - 10))" "$PY" -m bench.gpu_streams "${sweep[@]}" \
+        --seconds "$STREAM_SECONDS" --procs "$PROCS" --device auto --whisper-device "$whisper" \
+        --threads 4 --stop-when-lost --budget "$(($(left) - 15))" --json "$OUT/streams.json"
+    rc=$?
+    [ "$rc" -ne 0 ] && fail "bench.gpu_streams" "$rc"
+fi
 
 step "summary"
 "$PY" - "$OUT" >"$OUT/summary.md" <<'EOF'
@@ -218,12 +230,18 @@ for name in sorted(set(cuda) | set(cpu)):
 streams = load("streams.json")
 held = streams.get("most_streams_held_p99_under_1s", 0)
 print()
-print("| streams | held | snippet p50 s | p99 s | CPU cores used | GPU util mean % | Whisper |")
-print("|---|---|---|---|---|---|---|")
+print("| streams | processes | held | snippet p50 s | p99 s | CPU cores used | GPU util mean % | "
+      "wake lag p99 ms | Whisper |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in streams.get("runs", []):
     gpu = (r.get("gpu") or {}).get("util_mean_pct", "-")
-    print(f"| {r['streams']} | {r['held_real_time']} | {r['latency_p50_s']} | {r['latency_p99_s']} | "
-          f"{r['cpu_cores_used']} | {gpu} | {streams.get('whisper_device')} |")
+    lag = (r.get("wake_lag_ms") or {}).get("p99", "-")
+    print(f"| {r['streams']} | {r.get('procs', 1)} | {r['held_real_time']} | {r['latency_p50_s']} | "
+          f"{r['latency_p99_s']} | {r['cpu_cores_used']} | {gpu} | {lag} | "
+          f"{streams.get('whisper_device')} |")
+for r in streams.get("runs", []):
+    ms = ", ".join(f"{k} {v:.0f}" for k, v in r.get("stage_ms_per_snippet", {}).items())
+    print(f"\nN={r['streams']}: ms per snippet: {ms}")
 met.append(("streams held in real time with p99 < 1 s >= 100", held >= 100))
 print()
 for what, ok in met:

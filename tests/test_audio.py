@@ -135,6 +135,25 @@ def test_vad_streams_in_uneven_pieces_like_one_call(speech: np.ndarray) -> None:
     assert vad.pending == len(speech) % WINDOW
 
 
+def test_vad_of_whole_snippets_equals_one_model_call_per_window(speech: np.ndarray) -> None:
+    """2 s snippets, each run as one request, give the probabilities (and so the speech
+    segments) of the plain loop: one model call per 32 ms window, state and context carried."""
+    vad = SileroVad()
+    got = np.concatenate([vad.probs(speech[a : a + 2 * SR]) for a in range(0, len(speech), 2 * SR)])
+    sr = np.array(SR, dtype=np.int64)
+    state = np.zeros((2, 1, 128), np.float32)
+    context = np.zeros((1, 64), np.float32)
+    want = []
+    for k in range(len(speech) // WINDOW):
+        x = np.concatenate([context, speech[None, k * WINDOW : (k + 1) * WINDOW]], axis=1)
+        prob, state = vad.engine.run({"input": x, "state": state, "sr": sr})
+        context = x[:, -64:]
+        want.append(float(np.asarray(prob).reshape(-1)[0]))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    speaking = np.asarray(want) >= 0.5
+    assert 0 < speaking.sum() < len(want) and np.array_equal(got >= 0.5, speaking)
+
+
 def test_events_chord_is_music_and_speech_is_speech(
     tagger: AudioEventTagger, speech: np.ndarray
 ) -> None:

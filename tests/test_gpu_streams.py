@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import gpu_streams
 
 
-def test_two_streams_run_every_stage_and_report_where_time_goes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("procs", [1, 2])
+def test_two_streams_run_every_stage_and_report_where_time_goes(tmp_path: Path, procs: int) -> None:
+    """N=2 in one process, and in two (one stream each, reports merged)."""
     out = tmp_path / "streams.json"
     report = gpu_streams.main(
         [
@@ -20,6 +24,8 @@ def test_two_streams_run_every_stage_and_report_where_time_goes(tmp_path: Path) 
             "cpu",
             "--whisper-device",
             "cpu",
+            "--procs",
+            str(procs),
             "--json",
             str(out),
         ]
@@ -37,3 +43,11 @@ def test_two_streams_run_every_stage_and_report_where_time_goes(tmp_path: Path) 
     assert report["whisper_device"] == "cpu"
     assert report["placement"]["ocr-det"].startswith("ort-cpu: ")
     assert r["gpu"] is None or r["gpu"]["util_max_pct"] >= 0
+    assert report["procs"] == r["procs"] == procs and r["streams_per_proc"] == [2 // procs] * procs
+    assert r["cpu_cores_used"] > 0
+
+
+def test_streams_split_evenly_over_processes() -> None:
+    assert gpu_streams.split(10, 4) == [(0, 3), (3, 3), (6, 2), (8, 2)]
+    assert gpu_streams.split(2, 4) == [(0, 1), (1, 1)]  # no process without a stream
+    assert gpu_streams.procs_of("auto") >= 1
