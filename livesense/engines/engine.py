@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,11 @@ class ShapeStats:
     padded_rows: int = 0  # rows added to reach a batch size
     warm_runs: int = 0
     warm_seconds: float = 0.0
+    runs: int = 0  # runtime calls after warm-up (a chunked batch makes several)
+    run_seconds: float = 0.0  # inside the runtime (session.run), after warm-up
+    pad_seconds: float = 0.0  # padding inputs to their bucket and batch size
+    switches: int = 0  # runtime calls whose session last ran another input shape
+    shapes: set[Hashable] = field(default_factory=set)  # distinct input shapes after warm-up
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -88,7 +95,50 @@ class ShapeStats:
             "padded_rows": self.padded_rows,
             "warm_runs": self.warm_runs,
             "warm_seconds": round(self.warm_seconds, 3),
+            "runs": self.runs,
+            "run_seconds": round(self.run_seconds, 6),
+            "pad_seconds": round(self.pad_seconds, 6),
+            "shapes_run": len(self.shapes),
+            "switches": self.switches,
         }
+
+
+MAX_SHAPES_KEPT = 256
+"""Distinct input shapes ShapeStats remembers (a model fed free shapes stops counting there)."""
+
+
+def shape_key(feeds: dict[str, Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The input shapes of one runtime call, as a hashable key (names sorted)."""
+    return tuple(sorted((k, tuple(np.shape(v))) for k, v in feeds.items()))
+
+
+class BufferPool:
+    """Reusable input buffers per (shape, dtype): padding a batch writes into one of them
+    instead of a fresh allocation (large fresh arrays cost a page fault per 4 KiB, and a GPU
+    batch of 16 camera frames is 100 MB). A buffer is taken for one runtime call and given
+    back after it; at most `keep` idle buffers stay per shape."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self.allocated = 0
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype).str)
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                return free.pop()
+            self.allocated += 1
+        return np.empty(shape, dtype)
+
+    def give(self, arr: np.ndarray) -> None:
+        key = (tuple(arr.shape), arr.dtype.str)
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            if len(free) < self.keep:
+                free.append(arr)
 
 
 @dataclass(slots=True)
@@ -141,6 +191,8 @@ class Engine(ABC):
         self.batch_sizes: tuple[int, ...] = ()
         self.shape_stats = ShapeStats()
         self.placement = ""
+        self._last_shape: dict[Hashable, Hashable] = {}  # session -> the shape it last ran
+        self._pool = BufferPool()
 
     @property
     def fixed_shapes(self) -> bool:
@@ -157,23 +209,62 @@ class Engine(ABC):
         its kernels for each before real inputs come; returns the number of runs."""
         if self.buckets is None:
             return 0
+        buckets = self.buckets
         kinds = {t.name: t.dtype for t in self.inputs()}
-        runs = 0
         t0 = time.perf_counter()
-        for k in range(len(self.buckets.shapes)):
-            for size in self.batch_sizes:
-                feeds = {
-                    name: np.zeros(self.buckets.shape_at(k, name, size), _dtype(kinds[name]))
-                    for name in self.buckets.inputs
-                    if name in kinds
-                }
-                for name, value in self.buckets.constants.items():
-                    feeds[name] = np.array(value, _dtype(kinds.get(name, "float")))
-                self._run(feeds, None)
-                runs += 1
-        self.shape_stats.warm_runs += runs
+
+        def once(k: int, size: int) -> None:
+            feeds = {
+                name: np.zeros(buckets.shape_at(k, name, size), _dtype(kinds[name]))
+                for name in buckets.inputs
+                if name in kinds
+            }
+            for name, value in buckets.constants.items():
+                feeds[name] = np.array(value, _dtype(kinds.get(name, "float")))
+            self._run(feeds, None)
+            key = shape_key(feeds)
+            with self._timing_lock:
+                self._last_shape[self._session_of(key)] = key
+
+        shapes = [(k, size) for k in range(len(buckets.shapes)) for size in self.batch_sizes]
+        workers = min(self.warm_workers(), len(shapes))
+        if workers > 1:  # one session per shape: their first runs are independent
+            with ThreadPoolExecutor(workers, thread_name_prefix=f"warm-{self.name}") as pool:
+                list(pool.map(lambda ks: once(*ks), shapes))
+        else:
+            for k, size in shapes:
+                once(k, size)
+        self.shape_stats.warm_runs += len(shapes)
         self.shape_stats.warm_seconds += time.perf_counter() - t0
-        return runs
+        return len(shapes)
+
+    def warm_workers(self) -> int:
+        """Threads that warm shapes at once (1 where all shapes share one runtime state)."""
+        return 1
+
+    def _session_of(self, key: Hashable) -> Hashable:
+        """Which runtime state (session) runs inputs of these shapes; one for all by default."""
+        return 0
+
+    def _run_counted(self, feeds: dict[str, Any], outputs: list[str] | None) -> list[Any]:
+        """`_run`, timed, with the shapes it ran at and whether its session switched shape
+        (ONNX Runtime's CUDA convolutions rebuild their cuDNN plans on every switch)."""
+        key = shape_key(feeds)
+        t0 = time.perf_counter()
+        result = self._run(feeds, outputs)
+        seconds = time.perf_counter() - t0
+        session = self._session_of(key)
+        with self._timing_lock:
+            stats = self.shape_stats
+            stats.runs += 1
+            stats.run_seconds += seconds
+            if len(stats.shapes) < MAX_SHAPES_KEPT:
+                stats.shapes.add(key)
+            last = self._last_shape.get(session)
+            if last is not None and last != key:
+                stats.switches += 1
+            self._last_shape[session] = key
+        return result
 
     @property
     @abstractmethod
@@ -209,7 +300,7 @@ class Engine(ABC):
         if self.buckets is not None:
             result = self._run_fixed(self.buckets, feeds, outputs)
         else:
-            result = self._run(feeds, outputs)
+            result = self._run_counted(feeds, outputs)
         seconds = time.perf_counter() - t0
         batch = _batch_of(feeds, self.buckets)
         with self._timing_lock:
@@ -223,7 +314,7 @@ class Engine(ABC):
     ) -> list[Any]:
         batch = _batch_of(feeds, buckets)
         if batch == 0:  # nothing to pad from
-            return list(self._run(feeds, outputs))
+            return list(self._run_counted(feeds, outputs))
         largest = self.batch_sizes[-1]
         names = outputs or [t.name for t in self.outputs()]
         if batch > largest:  # in chunks of the largest batch size, joined again
@@ -239,8 +330,10 @@ class Engine(ABC):
                 for j, n in enumerate(names)
             ]
         size = next(s for s in self.batch_sizes if s >= batch)
+        t0 = time.perf_counter()
         k = buckets.fit({n: tuple(np.shape(v)) for n, v in feeds.items()})
         padded: dict[str, np.ndarray] = {}
+        taken: list[np.ndarray] = []
         for name, value in feeds.items():
             arr = np.asarray(value)
             if arr.ndim == 0 or name not in buckets.shapes[0]:
@@ -249,20 +342,21 @@ class Engine(ABC):
             axis = buckets.batch_axis(name)
             target = list(buckets.shape_at(k, name, size) if k is not None else arr.shape)
             target[axis] = size
-            pad = [(0, target[d] - arr.shape[d]) for d in range(arr.ndim)]
-            if any(p[1] for p in pad):
-                batch_pad = pad[axis]
-                pad[axis] = (0, 0)
-                if any(p[1] for p in pad):
-                    arr = np.pad(arr, pad)
-                if batch_pad[1]:  # extra rows repeat the last one: always a valid input
-                    edge = [(0, 0)] * arr.ndim
-                    edge[axis] = batch_pad
-                    arr = np.pad(arr, edge, mode="edge")
+            if tuple(target) != arr.shape:
+                buf = self._pool.take(tuple(target), arr.dtype)
+                taken.append(buf)
+                pad_into(buf, arr, axis)
+                arr = buf
             padded[name] = arr
-        result = self._run(padded, outputs)
+        pad_seconds = time.perf_counter() - t0
+        try:
+            result = self._run_counted(padded, outputs)
+        finally:
+            for buf in taken:
+                self._pool.give(buf)
         with self._timing_lock:
             stats = self.shape_stats
+            stats.pad_seconds += pad_seconds
             stats.rows += batch
             stats.padded_rows += size - batch
             if k is None:
@@ -314,6 +408,27 @@ def _batch_of(feeds: dict[str, np.ndarray], buckets: Buckets | None = None) -> i
             axis = buckets.batch_axis(name) if buckets is not None else 0
             return int(shape[axis])
     return 1 if feeds else 0
+
+
+def pad_into(buf: np.ndarray, arr: np.ndarray, axis: int) -> None:
+    """Write `arr` into the corner of `buf` (at least as large on every axis): zeros beyond
+    it on the other axes, and rows beyond its batch along `axis` repeating its last row
+    (always a valid input, e.g. a recurrent state)."""
+    real = tuple(slice(0, d) for d in arr.shape)
+    buf[real] = arr
+    rows = arr.shape[axis]
+    for d in range(arr.ndim):
+        if d != axis and buf.shape[d] > arr.shape[d]:
+            index = [slice(None)] * arr.ndim
+            index[axis] = slice(0, rows)
+            index[d] = slice(arr.shape[d], None)
+            buf[tuple(index)] = 0
+    if buf.shape[axis] > rows:
+        extra: list[slice] = [slice(None)] * arr.ndim
+        extra[axis] = slice(rows, None)
+        last: list[slice] = [slice(None)] * arr.ndim
+        last[axis] = slice(rows - 1, rows)
+        buf[tuple(extra)] = buf[tuple(last)]
 
 
 def _take(value: Any, axis: int, start: int, stop: int) -> Any:

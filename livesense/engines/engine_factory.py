@@ -353,11 +353,28 @@ class EngineFactory:
         self, backend: str, spec: ModelSpec, threads: int | None, precision: str | None = None
     ) -> Engine:
         t = self.settings.threads if threads is None else threads
+        per_shape = self.settings.session_per_shape
         if backend == "ort-cpu":
-            return OnnxEngine(spec.path, spec.name, t, [CPU], require=CPU, backend=backend)
+            return OnnxEngine(
+                spec.path,
+                spec.name,
+                t,
+                [CPU],
+                require=CPU,
+                backend=backend,
+                session_per_shape=per_shape == "on",
+            )
         if backend == "ort-cuda":
             providers: list[Any] = [(CUDA, self.cuda_options()), CPU]
-            return OnnxEngine(spec.path, spec.name, t, providers, require=CUDA, backend=backend)
+            return OnnxEngine(
+                spec.path,
+                spec.name,
+                t,
+                providers,
+                require=CUDA,
+                backend=backend,
+                session_per_shape=per_shape != "off",
+            )
         if backend == "ort-tensorrt":
             return self._load_ort_trt(spec, t, precision=precision)
         return self._load_trt(spec, precision)
