@@ -185,7 +185,7 @@ class ObjectDetector:
         step = self.engine.max_batch or len(inputs)
         out: list[list[np.ndarray]] = []
         for k in range(0, len(inputs), step):
-            batch = np.stack(inputs[k : k + step])
-            res = self.engine.run({self._input: batch}, list(OUTPUTS))
-            out.extend([np.asarray(r[j]) for r in res] for j in range(len(batch)))
+            chunk = inputs[k : k + step]
+            res = self.engine.run_rows({self._input: chunk}, list(OUTPUTS))
+            out.extend([np.asarray(r[j]) for r in res] for j in range(len(chunk)))
         return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,10 +118,12 @@ class BufferPool:
     batch of 16 camera frames is 100 MB). A buffer is taken for one runtime call and given
     back after it; at most `keep` idle buffers stay per shape."""
 
-    def __init__(self, keep: int = 2) -> None:
+    def __init__(self, keep: int = 2, max_bytes: int = 1 << 30) -> None:
         self.keep = keep
+        self.max_bytes = max_bytes  # idle buffers beyond this are let go
         self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
         self._lock = threading.Lock()
+        self._idle = 0
         self.allocated = 0
 
     def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -129,7 +131,11 @@ class BufferPool:
         with self._lock:
             free = self._free.get(key)
             if free:
-                return free.pop()
+                arr = free.pop()
+                self._idle -= arr.nbytes
+                if not free:
+                    del self._free[key]
+                return arr
             self.allocated += 1
         return np.empty(shape, dtype)
 
@@ -137,8 +143,11 @@ class BufferPool:
         key = (tuple(arr.shape), arr.dtype.str)
         with self._lock:
             free = self._free.setdefault(key, [])
-            if len(free) < self.keep:
+            if len(free) < self.keep and self._idle + arr.nbytes <= self.max_bytes:
                 free.append(arr)
+                self._idle += arr.nbytes
+            elif not free:
+                del self._free[key]
 
 
 @dataclass(slots=True)
@@ -309,6 +318,86 @@ class Engine(ABC):
             self.recorder.offer(feeds)
         return result
 
+    def run_rows(
+        self,
+        rows: Mapping[str, Sequence[np.ndarray]],
+        outputs: list[str] | None = None,
+        constants: Mapping[str, np.ndarray] | None = None,
+        axes: Mapping[str, int] | None = None,
+    ) -> list[Any]:
+        """Run a batch given as its rows, one list per input (each row an item's array, with
+        or without its batch axis of size 1); outputs come back with one row per item.
+
+        The rows are written straight into a reused buffer at the batch's shape (with fixed
+        shapes: the bucket's shape and batch size; padding: zeros beyond each row, extra rows
+        repeating the last), so a batch costs one copy of its rows and no fresh allocation,
+        where stacking and then padding cost two copies into new memory. `constants` are
+        inputs passed as they are (a scalar sample rate); `axes` the batch axis of inputs
+        where it is not 0 (the buckets' own, where the engine has them)."""
+        names = list(rows)
+        n = len(rows[names[0]]) if names else 0
+        buckets = self.buckets
+        ranks = {t.name: len(t.shape) for t in self.inputs()}
+        if n == 0:
+            raise ValueError("run_rows needs at least one row")
+        if buckets is not None and n > self.batch_sizes[-1]:
+            stacked = {k: stack_rows(v, self._axis(k, axes), ranks[k]) for k, v in rows.items()}
+            return self.run({**stacked, **(constants or {})}, outputs)
+        t0 = time.perf_counter()
+        taken: list[np.ndarray] = []
+        feeds: dict[str, np.ndarray] = dict(constants or {})
+        size = n if buckets is None else next(s for s in self.batch_sizes if s >= n)
+        k = None
+        if buckets is not None:
+            k = buckets.fit(
+                {n: _rows_shape(v, self._axis(n, axes), ranks[n]) for n, v in rows.items()}
+            )
+        for name, items in rows.items():
+            axis = self._axis(name, axes)
+            if buckets is not None and k is not None and name in buckets.shapes[0]:
+                target = list(buckets.shape_at(k, name, size))
+            else:
+                target = list(_rows_shape(items, axis, ranks[name]))
+                target[axis] = size
+            first = np.asarray(items[0])
+            buf = self._pool.take(tuple(target), first.dtype)
+            taken.append(buf)
+            fill_rows(buf, items, axis)
+            feeds[name] = buf
+        pad_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        try:
+            result = self._run_counted(feeds, outputs)
+        finally:
+            for buf in taken:
+                self._pool.give(buf)
+        seconds = time.perf_counter() - t1
+        with self._timing_lock:
+            self.timing.add(n, seconds + pad_seconds)
+            stats = self.shape_stats
+            stats.pad_seconds += pad_seconds
+            if buckets is not None:
+                stats.rows += n
+                stats.padded_rows += size - n
+                if k is None:
+                    stats.unbucketed += 1
+                else:
+                    stats.bucketed += 1
+        if self.recorder is not None:
+            self.recorder.offer({k: v[:n] if v.ndim else v for k, v in feeds.items()})
+        if size == n:
+            return list(result)
+        names_out = outputs or [t.name for t in self.outputs()]
+        return [
+            _take(np.asarray(r), self._axis(o, axes), 0, n)
+            for r, o in zip(result, names_out, strict=False)
+        ]
+
+    def _axis(self, name: str, axes: Mapping[str, int] | None = None) -> int:
+        if self.buckets is not None:
+            return self.buckets.batch_axis(name)
+        return (axes or {}).get(name, 0)
+
     def _run_fixed(
         self, buckets: Buckets, feeds: dict[str, np.ndarray], outputs: list[str] | None
     ) -> list[Any]:
@@ -408,6 +497,52 @@ def _batch_of(feeds: dict[str, np.ndarray], buckets: Buckets | None = None) -> i
             axis = buckets.batch_axis(name) if buckets is not None else 0
             return int(shape[axis])
     return 1 if feeds else 0
+
+
+def _row(value: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """An item's array with its batch axis (of size 1) where it came without."""
+    arr = np.asarray(value)
+    return np.expand_dims(arr, axis) if arr.ndim == ndim - 1 else arr
+
+
+def _rows_shape(rows: Sequence[np.ndarray], axis: int, ndim: int) -> tuple[int, ...]:
+    """The shape that holds every row (largest per axis), with the batch axis at 1."""
+    shapes = [np.shape(_row(r, ndim, axis)) for r in rows]
+    out = [max(sh[d] for sh in shapes) for d in range(ndim)]
+    out[axis] = 1
+    return tuple(out)
+
+
+def stack_rows(rows: Sequence[np.ndarray], axis: int, ndim: int) -> np.ndarray:
+    """Rows stacked along the batch axis, zero-padded to the largest (a fresh array)."""
+    target = list(_rows_shape(rows, axis, ndim))
+    target[axis] = len(rows)
+    buf = np.empty(target, np.asarray(rows[0]).dtype)
+    fill_rows(buf, rows, axis)
+    return buf
+
+
+def fill_rows(buf: np.ndarray, rows: Sequence[np.ndarray], axis: int) -> None:
+    """Write each row into its place along `axis` of `buf`: zeros beyond a row that is
+    smaller than `buf` on other axes, and rows beyond the last repeating it."""
+    n = len(rows)
+    for r, value in enumerate(rows):
+        row = _row(value, buf.ndim, axis)
+        place: list[slice] = [slice(0, d) for d in row.shape]
+        place[axis] = slice(r, r + 1)
+        buf[tuple(place)] = row
+        for d in range(buf.ndim):
+            if d != axis and buf.shape[d] > row.shape[d]:
+                beyond: list[slice] = [slice(None)] * buf.ndim
+                beyond[axis] = slice(r, r + 1)
+                beyond[d] = slice(row.shape[d], None)
+                buf[tuple(beyond)] = 0
+    if buf.shape[axis] > n:
+        extra: list[slice] = [slice(None)] * buf.ndim
+        extra[axis] = slice(n, None)
+        last: list[slice] = [slice(None)] * buf.ndim
+        last[axis] = slice(n - 1, n)
+        buf[tuple(extra)] = buf[tuple(last)]
 
 
 def pad_into(buf: np.ndarray, arr: np.ndarray, axis: int) -> None:

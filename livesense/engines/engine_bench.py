@@ -325,9 +325,11 @@ def run_collated(
         for group in groups(keys):
             members = [items[i] for i in group]
             t1 = time.perf_counter()
-            feeds = collate(members, work.batch_axis, bucket_shapes(engine, members[0]))
+            rows = {k: [f[k] for f in members] for k, v in members[0].items() if v.ndim}
+            constants = {k: v for k, v in members[0].items() if not v.ndim}
             t2 = time.perf_counter()
-            results = [np.asarray(r) for r in engine.run(feeds)]
+            ran = engine.run_rows(rows, None, constants, work.batch_axis)
+            results = [np.asarray(r) for r in ran]
             collating += t2 - t1
             running += time.perf_counter() - t2
             for r, i in enumerate(group):
