@@ -382,11 +382,16 @@ class EngineFactory:
     def cuda_options(self) -> dict[str, Any]:
         """ONNX Runtime CUDA provider options from the settings."""
         s = self.settings
-        return {
+        options: dict[str, Any] = {
             "device_id": 0,
             "cudnn_conv_algo_search": s.cudnn_conv_algo_search,
             "use_tf32": int(s.tf32),
         }
+        if s.session_per_shape != "off":
+            # many sessions, one shape each: each arena grows to what its shape needs, not
+            # to the next power of two
+            options["arena_extend_strategy"] = "kSameAsRequested"
+        return options
 
     # -- TensorRT ---------------------------------------------------------------------------
 
