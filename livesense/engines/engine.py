@@ -479,6 +479,7 @@ class Engine(ABC):
             "max_batch": self.max_batch,
             "timing": self.timing.as_json(),
             "batch_sizes": list(self.batch_sizes),
+            "sessions": getattr(self, "sessions", 1),
             "shapes": self.shape_stats.as_json(),
         }
 

@@ -110,7 +110,11 @@ class OnnxEngine(Engine):
         if any(_provider_name(p) in (CUDA, TENSORRT) for p in chosen):
             _preload_gpu_libraries()
         self.session = ort.InferenceSession(str(path), opts, providers=chosen)
-        self._new_session = lambda: ort.InferenceSession(str(path), opts, providers=chosen)
+        # On a GPU the CPU threads of a session only run the few nodes left on the CPU:
+        # the sessions per shape (up to a hundred per model) get one each.
+        on_gpu = _provider_name(chosen[0]) in (CUDA, TENSORRT)
+        shape_opts = session_options(1) if on_gpu and threads != 1 else opts
+        self._new_session = lambda: ort.InferenceSession(str(path), shape_opts, providers=chosen)
         self.session_per_shape = session_per_shape
         self._sessions: dict[Hashable, Any] = {}
         self._sessions_lock = threading.Lock()
