@@ -83,7 +83,7 @@ class OcrReader:
                 "rapidocr-onnxruntime."
             )
         self._decode = CTCLabelDecode(character=characters.splitlines())
-        self._pre = DetPreProcess(max_side, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+        self._pre = det_preprocess(DetPreProcess(max_side, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))
         self._post = DBPostProcess(
             thresh=0.3,
             box_thresh=0.5,
@@ -225,6 +225,30 @@ class OcrReader:
                 for i, res in zip(rows, self._decode(np.asarray(preds)), strict=True):
                     out[i] = (str(res[0]), float(res[1]))
         return out
+
+
+def det_preprocess(pre: Any) -> Any:
+    """rapidocr's detector pre-processing (resize to multiples of 32, (x / 255 - mean) / std,
+    planar), with the normalising done through a table of the 256 values per channel,
+    computed as rapidocr computes them: the same numbers, in one pass instead of five over
+    float64 copies."""
+    table = [
+        ((np.arange(256, dtype=np.float32) * pre.scale - pre.mean[c]) / pre.std[c]).astype(
+            np.float32
+        )
+        for c in range(3)
+    ]
+
+    def prepare(img: np.ndarray) -> np.ndarray | None:
+        resized = pre.resize(img)
+        if resized is None:
+            return None
+        out = np.empty((1, 3, *resized.shape[:2]), np.float32)
+        for c in range(3):
+            out[0, c] = table[c][resized[:, :, c]]
+        return out
+
+    return prepare
 
 
 def rec_width(crop_bgr: np.ndarray) -> int:
