@@ -118,7 +118,7 @@ class BufferPool:
     batch of 16 camera frames is 100 MB). A buffer is taken for one runtime call and given
     back after it; at most `keep` idle buffers stay per shape."""
 
-    def __init__(self, keep: int = 2, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, keep: int = 2, max_bytes: int = 512 << 20) -> None:
         self.keep = keep
         self.max_bytes = max_bytes  # idle buffers beyond this are let go
         self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
@@ -331,7 +331,8 @@ class Engine(ABC):
         The rows are written straight into a reused buffer at the batch's shape (with fixed
         shapes: the bucket's shape and batch size; padding: zeros beyond each row, extra rows
         repeating the last), so a batch costs one copy of its rows and no fresh allocation,
-        where stacking and then padding cost two copies into new memory. `constants` are
+        where stacking and then padding cost two copies into new memory (without fixed
+        shapes the batch is a fresh array, written the same way). `constants` are
         inputs passed as they are (a scalar sample rate); `axes` the batch axis of inputs
         where it is not 0 (the buckets' own, where the engine has them)."""
         names = list(rows)
@@ -359,9 +360,12 @@ class Engine(ABC):
             else:
                 target = list(_rows_shape(items, axis, ranks[name]))
                 target[axis] = size
-            first = np.asarray(items[0])
-            buf = self._pool.take(tuple(target), first.dtype)
-            taken.append(buf)
+            dtype = np.asarray(items[0]).dtype
+            if buckets is not None:  # a bounded set of shapes: their buffers are reused
+                buf = self._pool.take(tuple(target), dtype)
+                taken.append(buf)
+            else:  # shapes as they come: a fresh array, as stacking made
+                buf = np.empty(tuple(target), dtype)
             fill_rows(buf, items, axis)
             feeds[name] = buf
         pad_seconds = time.perf_counter() - t0
