@@ -27,6 +27,8 @@
 # GPU_CHECK_CONV_SEARCH=EXHAUSTIVE times every convolution algorithm once per bucket at
 # warm-up (slower start, maybe faster batches) for the engine benchmark.
 # GPU_CHECK_STEPS (default "pytest engines streams") runs only the steps named.
+# GPU_CHECK_SESSION_PER_SHAPE=off runs each model on one ORT session (re-planning its
+# convolutions at every shape switch), to compare with the default session per shape.
 # To try the script without a GPU (CPU, small N): GPU_CHECK_ALLOW_NO_GPU=1
 #   GPU_CHECK_BACKEND=ort-cpu GPU_CHECK_STREAMS=2 GPU_CHECK_STREAM_SECONDS=6
 #   PYTHON=.venv/bin/python deploy/gpu-check.sh --carried /tmp/gpu-check-out
@@ -142,6 +144,7 @@ engines:
   builder_level: 2
   threads: 4
   cudnn_conv_algo_search: ${GPU_CHECK_CONV_SEARCH:-HEURISTIC}
+  session_per_shape: ${GPU_CHECK_SESSION_PER_SHAPE:-auto}
 EOF
 CPU_SETTINGS="$WORK/cpu.yaml"
 cat >"$CPU_SETTINGS" <<EOF
@@ -227,6 +230,15 @@ for name in sorted(set(cuda) | set(cpu)):
         met.append((f"{name}: GPU >= 10x CPU at batch 16", ratio >= 10))
     if c and name != "vad-silero":
         met.append((f"{name}: batching >= 2x over batch 1 on the GPU", gain >= 2))
+phases = ("pre", "wait", "collate", "pad", "run", "engine", "split", "post")
+print()
+print("| GPU, 16 streams, ms per item | " + " | ".join(phases) + " | switches | sessions |")
+print("|---|" + "---|" * (len(phases) + 2))
+for name in sorted(cuda):
+    ph = cuda[name].get("phases", {}).get("16", {})
+    cells = " | ".join("-" if ph.get(k) is None else f"{ph[k]:.3g}" for k in phases)
+    print(f"| {name} | {cells} | {cuda[name].get('switches', {}).get('16', '-')} | "
+          f"{cuda[name].get('shapes', {}).get('sessions', '-')} |")
 streams = load("streams.json")
 held = streams.get("most_streams_held_p99_under_1s", 0)
 print()

@@ -209,6 +209,12 @@ class EngineSettings(BaseModel):
         description="Run every bucket at every batch size once when a model loads; 'auto': "
         "wherever shapes are fixed.",
     )
+    session_per_shape: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run each fixed input shape (bucket x batch size) on an ONNX Runtime "
+        "session of its own: ORT's CUDA convolutions rebuild their cuDNN plans whenever a "
+        "session's input shape changes. 'auto': on the CUDA backend.",
+    )
     cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
         "HEURISTIC",
         description="How ONNX Runtime's CUDA provider picks convolution algorithms per shape: "

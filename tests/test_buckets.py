@@ -32,6 +32,7 @@ from livesense.engines.model_spec import (
     vad_spec,
 )
 from livesense.engines.ocr import OcrReader
+from livesense.engines.onnx import OnnxEngine
 from livesense.engines.text import TextEmbedder
 
 SENTENCES = [
@@ -136,6 +137,62 @@ def test_warm_up_runs_every_bucket_at_every_batch_size(tmp_path: Path) -> None:
         f.close()
 
 
+def _alternating_lines(n: int = 12) -> list[np.ndarray]:
+    """Line batches of alternating width buckets and batch sizes, as cross-stream batches
+    come: every call a different input shape from the one before."""
+    rng = np.random.default_rng(3)
+    widths = (300, 470, 300, 630, 470)
+    return [
+        rng.standard_normal((1 + k % 3, 3, 48, widths[k % len(widths)])).astype(np.float32)
+        for k in range(n)
+    ]
+
+
+def test_each_shape_runs_on_a_session_of_its_own(tmp_path: Path) -> None:
+    """One session fed alternating shapes switches shape on nearly every call (on ORT's CUDA
+    provider each switch rebuilds every convolution's cuDNN plan); with a session per shape
+    no session ever switches after warm-up, and the outputs are the same."""
+    shared = factory_with(tmp_path / "a", "on", warm_up="off", session_per_shape="off")
+    own = factory_with(tmp_path / "b", "on", warm_up="on", session_per_shape="on")
+    try:
+        a, b = shared.engine(ocr_rec_spec()), own.engine(ocr_rec_spec())
+        assert isinstance(b, OnnxEngine) and b.buckets is not None
+        batches = _alternating_lines()
+        outs_a = [a.run({"x": x})[0] for x in batches]
+        outs_b = [b.run({"x": x})[0] for x in batches]
+        for x, y in zip(outs_a, outs_b, strict=True):
+            assert np.allclose(x, y, atol=1e-5)
+        assert a.shape_stats.switches >= len(batches) - 1
+        assert b.shape_stats.switches == 0
+        assert b.shape_stats.runs == len(batches)
+        # the calls ran at few shapes: buckets 320/480/640 at batch sizes 1, 2 and 4
+        assert b.shape_stats.as_json()["shapes_run"] <= 9
+        assert b.sessions == len(b.buckets.shapes) * len(b.batch_sizes)  # all made at warm-up
+    finally:
+        shared.close()
+        own.close()
+
+
+def test_padding_writes_into_reused_buffers(fixed: EngineFactory) -> None:
+    """Padding a batch to its bucket and batch size reuses a buffer per shape instead of
+    allocating one per call; padded columns are zeros, padded rows repeat the last row."""
+    from livesense.engines.engine import pad_into
+
+    rec = fixed.engine(ocr_rec_spec())
+    x = np.ones((3, 3, 48, 300), np.float32)
+    rec.run({"x": x})
+    before = rec._pool.allocated
+    for _ in range(4):
+        rec.run({"x": x})
+        rec.run_rows({"x": list(x)})
+    assert rec._pool.allocated == before
+    buf = np.full((4, 3, 48, 320), 7.0, np.float32)
+    x[2] = 2.0
+    pad_into(buf, x, 0)
+    assert (buf[:3, :, :, 300:] == 0).all() and (buf[:3, :, :, :300] == x).all()
+    assert (buf[3] == buf[2]).all()
+
+
 def test_the_batcher_never_mixes_buckets_and_keeps_each_callers_order() -> None:
     seen: list[list[int]] = []
 
@@ -232,3 +289,21 @@ def test_a_file_exported_at_batch_one_runs_bigger_batches_one_by_one(tmp_path: P
         assert engine.shape_stats.bucketed == 3
     finally:
         f.close()
+
+
+def test_rows_run_as_one_batch_with_their_batch_axis(
+    fixed: EngineFactory, free: EngineFactory
+) -> None:
+    """run_rows stacks each item's rows along the input's batch axis (silero's state: 1),
+    padded or not, and gives the same outputs as the stacked batch through run."""
+    rng = np.random.default_rng(4)
+    inputs = [(rng.standard_normal((1, 576)) * 0.2).astype(np.float32) for _ in range(3)]
+    states = [(rng.standard_normal((2, 1, 128)) * 0.1).astype(np.float32) for _ in range(3)]
+    sr = {"sr": np.array(16000, np.int64)}
+    stacked = {"input": np.concatenate(inputs), "state": np.concatenate(states, axis=1), **sr}
+    for f in (fixed, free):
+        vad = f.engine(vad_spec())
+        p, s = vad.run(stacked)
+        pr, sr_ = vad.run_rows({"input": inputs, "state": states}, None, sr, {"state": 1})
+        assert pr.shape == p.shape == (3, 1) and sr_.shape == s.shape == (2, 3, 128)
+        assert np.allclose(p, pr, atol=1e-6) and np.allclose(s, sr_, atol=1e-6)

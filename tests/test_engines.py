@@ -491,3 +491,23 @@ def test_deploy_files_pass_their_linters() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_bench_engines_says_where_the_time_goes(tmp_path: Path) -> None:
+    """The engine benchmark splits the batched time per item into its phases and counts
+    the sessions' shape switches (none with a session per shape)."""
+    from livesense.engines.engine_bench import PHASES, EngineBench, phases_table
+
+    s = EngineSettings(
+        cache_dir=tmp_path, threads=1, fixed_shapes="on", session_per_shape="on", batch_max_size=4
+    )
+    f = EngineFactory(s, "cpu")
+    try:
+        (r,) = [x.as_json() for x in EngineBench(f, seconds=0.2).run([vad_spec()])]
+    finally:
+        f.close()
+    ph = r["phases"]["4"]
+    assert set(PHASES) <= set(ph) and ph["run"] > 0 and ph["wait"] >= 0
+    assert r["mean_batch"]["4"] > 1  # four streams' windows ran together
+    assert r["switches"]["4"] == 0 and r["shapes"]["sessions"] == r["shapes"]["shapes_run"] > 1
+    assert "| vad-silero |" in phases_table([r], "4")

@@ -278,3 +278,35 @@ def test_text_appearing_where_there_was_none_is_read(reader: OcrReader) -> None:
     f = run(vision, snippet(1, [sign_up] * 4))  # a small sign on a still picture
     assert vision.last_ocr == "read" and vision.ocr_probes == 1
     assert "EXIT4" in norm(" ".join(line.text for line in f.ocr))
+
+
+def test_ocr_detector_input_is_rapidocrs_own_to_the_bit() -> None:
+    """The table-driven pre-processing gives exactly rapidocr's detector input (resize to
+    multiples of 32, (x / 255 - 0.5) / 0.5, planar) on frames of several sizes."""
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
+    from livesense.engines.ocr import det_preprocess
+
+    mean = std = [0.5, 0.5, 0.5]
+    fast = det_preprocess(DetPreProcess(960, "max", mean, std))
+    slow = DetPreProcess(960, "max", mean, std)
+    rng = np.random.default_rng(5)
+    for h, w in ((360, 640), (720, 1280), (200, 640), (50, 700)):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        cv2.putText(img, "GATE B52", (10, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 2)
+        a, b = slow(img), fast(img)
+        assert b.dtype == np.float32 and b.flags.c_contiguous
+        assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_object_detector_input_is_unchanged() -> None:
+    """The detector's letterboxed input: BGR, (x - mean) / std, padding exactly 0."""
+    from livesense.engines.detector import DETECT_SIDE, MEAN, STD, letterbox
+
+    img = np.zeros((180, 416, 3), np.uint8)
+    img[:, :, 0] = 200  # red
+    x, scale = letterbox(img)
+    assert x.shape == (3, DETECT_SIDE, DETECT_SIDE) and scale == 1.0
+    assert np.allclose(x[2, :180], (200 - MEAN[2]) / STD[2])  # red is the third BGR plane
+    assert np.allclose(x[0, :180], (0 - MEAN[0]) / STD[0])
+    assert (x[:, 180:] == 0).all()

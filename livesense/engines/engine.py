@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,11 @@ class ShapeStats:
     padded_rows: int = 0  # rows added to reach a batch size
     warm_runs: int = 0
     warm_seconds: float = 0.0
+    runs: int = 0  # runtime calls after warm-up (a chunked batch makes several)
+    run_seconds: float = 0.0  # inside the runtime (session.run), after warm-up
+    pad_seconds: float = 0.0  # padding inputs to their bucket and batch size
+    switches: int = 0  # runtime calls whose session last ran another input shape
+    shapes: set[Hashable] = field(default_factory=set)  # distinct input shapes after warm-up
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -88,7 +95,59 @@ class ShapeStats:
             "padded_rows": self.padded_rows,
             "warm_runs": self.warm_runs,
             "warm_seconds": round(self.warm_seconds, 3),
+            "runs": self.runs,
+            "run_seconds": round(self.run_seconds, 6),
+            "pad_seconds": round(self.pad_seconds, 6),
+            "shapes_run": len(self.shapes),
+            "switches": self.switches,
         }
+
+
+MAX_SHAPES_KEPT = 256
+"""Distinct input shapes ShapeStats remembers (a model fed free shapes stops counting there)."""
+
+
+def shape_key(feeds: dict[str, Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The input shapes of one runtime call, as a hashable key (names sorted)."""
+    return tuple(sorted((k, tuple(np.shape(v))) for k, v in feeds.items()))
+
+
+class BufferPool:
+    """Reusable input buffers per (shape, dtype): padding a batch writes into one of them
+    instead of a fresh allocation (large fresh arrays cost a page fault per 4 KiB, and a GPU
+    batch of 16 camera frames is 100 MB). A buffer is taken for one runtime call and given
+    back after it; at most `keep` idle buffers stay per shape."""
+
+    def __init__(self, keep: int = 2, max_bytes: int = 512 << 20) -> None:
+        self.keep = keep
+        self.max_bytes = max_bytes  # idle buffers beyond this are let go
+        self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self._idle = 0
+        self.allocated = 0
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype).str)
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                arr = free.pop()
+                self._idle -= arr.nbytes
+                if not free:
+                    del self._free[key]
+                return arr
+            self.allocated += 1
+        return np.empty(shape, dtype)
+
+    def give(self, arr: np.ndarray) -> None:
+        key = (tuple(arr.shape), arr.dtype.str)
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            if len(free) < self.keep and self._idle + arr.nbytes <= self.max_bytes:
+                free.append(arr)
+                self._idle += arr.nbytes
+            elif not free:
+                del self._free[key]
 
 
 @dataclass(slots=True)
@@ -141,6 +200,8 @@ class Engine(ABC):
         self.batch_sizes: tuple[int, ...] = ()
         self.shape_stats = ShapeStats()
         self.placement = ""
+        self._last_shape: dict[Hashable, Hashable] = {}  # session -> the shape it last ran
+        self._pool = BufferPool()
 
     @property
     def fixed_shapes(self) -> bool:
@@ -157,23 +218,62 @@ class Engine(ABC):
         its kernels for each before real inputs come; returns the number of runs."""
         if self.buckets is None:
             return 0
+        buckets = self.buckets
         kinds = {t.name: t.dtype for t in self.inputs()}
-        runs = 0
         t0 = time.perf_counter()
-        for k in range(len(self.buckets.shapes)):
-            for size in self.batch_sizes:
-                feeds = {
-                    name: np.zeros(self.buckets.shape_at(k, name, size), _dtype(kinds[name]))
-                    for name in self.buckets.inputs
-                    if name in kinds
-                }
-                for name, value in self.buckets.constants.items():
-                    feeds[name] = np.array(value, _dtype(kinds.get(name, "float")))
-                self._run(feeds, None)
-                runs += 1
-        self.shape_stats.warm_runs += runs
+
+        def once(k: int, size: int) -> None:
+            feeds = {
+                name: np.zeros(buckets.shape_at(k, name, size), _dtype(kinds[name]))
+                for name in buckets.inputs
+                if name in kinds
+            }
+            for name, value in buckets.constants.items():
+                feeds[name] = np.array(value, _dtype(kinds.get(name, "float")))
+            self._run(feeds, None)
+            key = shape_key(feeds)
+            with self._timing_lock:
+                self._last_shape[self._session_of(key)] = key
+
+        shapes = [(k, size) for k in range(len(buckets.shapes)) for size in self.batch_sizes]
+        workers = min(self.warm_workers(), len(shapes))
+        if workers > 1:  # one session per shape: their first runs are independent
+            with ThreadPoolExecutor(workers, thread_name_prefix=f"warm-{self.name}") as pool:
+                list(pool.map(lambda ks: once(*ks), shapes))
+        else:
+            for k, size in shapes:
+                once(k, size)
+        self.shape_stats.warm_runs += len(shapes)
         self.shape_stats.warm_seconds += time.perf_counter() - t0
-        return runs
+        return len(shapes)
+
+    def warm_workers(self) -> int:
+        """Threads that warm shapes at once (1 where all shapes share one runtime state)."""
+        return 1
+
+    def _session_of(self, key: Hashable) -> Hashable:
+        """Which runtime state (session) runs inputs of these shapes; one for all by default."""
+        return 0
+
+    def _run_counted(self, feeds: dict[str, Any], outputs: list[str] | None) -> list[Any]:
+        """`_run`, timed, with the shapes it ran at and whether its session switched shape
+        (ONNX Runtime's CUDA convolutions rebuild their cuDNN plans on every switch)."""
+        key = shape_key(feeds)
+        t0 = time.perf_counter()
+        result = self._run(feeds, outputs)
+        seconds = time.perf_counter() - t0
+        session = self._session_of(key)
+        with self._timing_lock:
+            stats = self.shape_stats
+            stats.runs += 1
+            stats.run_seconds += seconds
+            if len(stats.shapes) < MAX_SHAPES_KEPT:
+                stats.shapes.add(key)
+            last = self._last_shape.get(session)
+            if last is not None and last != key:
+                stats.switches += 1
+            self._last_shape[session] = key
+        return result
 
     @property
     @abstractmethod
@@ -209,7 +309,7 @@ class Engine(ABC):
         if self.buckets is not None:
             result = self._run_fixed(self.buckets, feeds, outputs)
         else:
-            result = self._run(feeds, outputs)
+            result = self._run_counted(feeds, outputs)
         seconds = time.perf_counter() - t0
         batch = _batch_of(feeds, self.buckets)
         with self._timing_lock:
@@ -218,12 +318,96 @@ class Engine(ABC):
             self.recorder.offer(feeds)
         return result
 
+    def run_rows(
+        self,
+        rows: Mapping[str, Sequence[np.ndarray]],
+        outputs: list[str] | None = None,
+        constants: Mapping[str, np.ndarray] | None = None,
+        axes: Mapping[str, int] | None = None,
+    ) -> list[Any]:
+        """Run a batch given as its rows, one list per input (each row an item's array, with
+        or without its batch axis of size 1); outputs come back with one row per item.
+
+        The rows are written straight into a reused buffer at the batch's shape (with fixed
+        shapes: the bucket's shape and batch size; padding: zeros beyond each row, extra rows
+        repeating the last), so a batch costs one copy of its rows and no fresh allocation,
+        where stacking and then padding cost two copies into new memory (without fixed
+        shapes the batch is a fresh array, written the same way). `constants` are
+        inputs passed as they are (a scalar sample rate); `axes` the batch axis of inputs
+        where it is not 0 (the buckets' own, where the engine has them)."""
+        names = list(rows)
+        n = len(rows[names[0]]) if names else 0
+        buckets = self.buckets
+        ranks = {t.name: len(t.shape) for t in self.inputs()}
+        if n == 0:
+            raise ValueError("run_rows needs at least one row")
+        if buckets is not None and n > self.batch_sizes[-1]:
+            stacked = {k: stack_rows(v, self._axis(k, axes), ranks[k]) for k, v in rows.items()}
+            return self.run({**stacked, **(constants or {})}, outputs)
+        t0 = time.perf_counter()
+        taken: list[np.ndarray] = []
+        feeds: dict[str, np.ndarray] = dict(constants or {})
+        size = n if buckets is None else next(s for s in self.batch_sizes if s >= n)
+        k = None
+        if buckets is not None:
+            k = buckets.fit(
+                {n: _rows_shape(v, self._axis(n, axes), ranks[n]) for n, v in rows.items()}
+            )
+        for name, items in rows.items():
+            axis = self._axis(name, axes)
+            if buckets is not None and k is not None and name in buckets.shapes[0]:
+                target = list(buckets.shape_at(k, name, size))
+            else:
+                target = list(_rows_shape(items, axis, ranks[name]))
+                target[axis] = size
+            dtype = np.asarray(items[0]).dtype
+            if buckets is not None:  # a bounded set of shapes: their buffers are reused
+                buf = self._pool.take(tuple(target), dtype)
+                taken.append(buf)
+            else:  # shapes as they come: a fresh array, as stacking made
+                buf = np.empty(tuple(target), dtype)
+            fill_rows(buf, items, axis)
+            feeds[name] = buf
+        pad_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        try:
+            result = self._run_counted(feeds, outputs)
+        finally:
+            for buf in taken:
+                self._pool.give(buf)
+        seconds = time.perf_counter() - t1
+        with self._timing_lock:
+            self.timing.add(n, seconds + pad_seconds)
+            stats = self.shape_stats
+            stats.pad_seconds += pad_seconds
+            if buckets is not None:
+                stats.rows += n
+                stats.padded_rows += size - n
+                if k is None:
+                    stats.unbucketed += 1
+                else:
+                    stats.bucketed += 1
+        if self.recorder is not None:
+            self.recorder.offer({k: v[:n] if v.ndim else v for k, v in feeds.items()})
+        if size == n:
+            return list(result)
+        names_out = outputs or [t.name for t in self.outputs()]
+        return [
+            _take(np.asarray(r), self._axis(o, axes), 0, n)
+            for r, o in zip(result, names_out, strict=False)
+        ]
+
+    def _axis(self, name: str, axes: Mapping[str, int] | None = None) -> int:
+        if self.buckets is not None:
+            return self.buckets.batch_axis(name)
+        return (axes or {}).get(name, 0)
+
     def _run_fixed(
         self, buckets: Buckets, feeds: dict[str, np.ndarray], outputs: list[str] | None
     ) -> list[Any]:
         batch = _batch_of(feeds, buckets)
         if batch == 0:  # nothing to pad from
-            return list(self._run(feeds, outputs))
+            return list(self._run_counted(feeds, outputs))
         largest = self.batch_sizes[-1]
         names = outputs or [t.name for t in self.outputs()]
         if batch > largest:  # in chunks of the largest batch size, joined again
@@ -239,8 +423,10 @@ class Engine(ABC):
                 for j, n in enumerate(names)
             ]
         size = next(s for s in self.batch_sizes if s >= batch)
+        t0 = time.perf_counter()
         k = buckets.fit({n: tuple(np.shape(v)) for n, v in feeds.items()})
         padded: dict[str, np.ndarray] = {}
+        taken: list[np.ndarray] = []
         for name, value in feeds.items():
             arr = np.asarray(value)
             if arr.ndim == 0 or name not in buckets.shapes[0]:
@@ -249,20 +435,21 @@ class Engine(ABC):
             axis = buckets.batch_axis(name)
             target = list(buckets.shape_at(k, name, size) if k is not None else arr.shape)
             target[axis] = size
-            pad = [(0, target[d] - arr.shape[d]) for d in range(arr.ndim)]
-            if any(p[1] for p in pad):
-                batch_pad = pad[axis]
-                pad[axis] = (0, 0)
-                if any(p[1] for p in pad):
-                    arr = np.pad(arr, pad)
-                if batch_pad[1]:  # extra rows repeat the last one: always a valid input
-                    edge = [(0, 0)] * arr.ndim
-                    edge[axis] = batch_pad
-                    arr = np.pad(arr, edge, mode="edge")
+            if tuple(target) != arr.shape:
+                buf = self._pool.take(tuple(target), arr.dtype)
+                taken.append(buf)
+                pad_into(buf, arr, axis)
+                arr = buf
             padded[name] = arr
-        result = self._run(padded, outputs)
+        pad_seconds = time.perf_counter() - t0
+        try:
+            result = self._run_counted(padded, outputs)
+        finally:
+            for buf in taken:
+                self._pool.give(buf)
         with self._timing_lock:
             stats = self.shape_stats
+            stats.pad_seconds += pad_seconds
             stats.rows += batch
             stats.padded_rows += size - batch
             if k is None:
@@ -296,6 +483,7 @@ class Engine(ABC):
             "max_batch": self.max_batch,
             "timing": self.timing.as_json(),
             "batch_sizes": list(self.batch_sizes),
+            "sessions": getattr(self, "sessions", 1),
             "shapes": self.shape_stats.as_json(),
         }
 
@@ -314,6 +502,73 @@ def _batch_of(feeds: dict[str, np.ndarray], buckets: Buckets | None = None) -> i
             axis = buckets.batch_axis(name) if buckets is not None else 0
             return int(shape[axis])
     return 1 if feeds else 0
+
+
+def _row(value: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """An item's array with its batch axis (of size 1) where it came without."""
+    arr = np.asarray(value)
+    return np.expand_dims(arr, axis) if arr.ndim == ndim - 1 else arr
+
+
+def _rows_shape(rows: Sequence[np.ndarray], axis: int, ndim: int) -> tuple[int, ...]:
+    """The shape that holds every row (largest per axis), with the batch axis at 1."""
+    shapes = [np.shape(_row(r, ndim, axis)) for r in rows]
+    out = [max(sh[d] for sh in shapes) for d in range(ndim)]
+    out[axis] = 1
+    return tuple(out)
+
+
+def stack_rows(rows: Sequence[np.ndarray], axis: int, ndim: int) -> np.ndarray:
+    """Rows stacked along the batch axis, zero-padded to the largest (a fresh array)."""
+    target = list(_rows_shape(rows, axis, ndim))
+    target[axis] = len(rows)
+    buf = np.empty(target, np.asarray(rows[0]).dtype)
+    fill_rows(buf, rows, axis)
+    return buf
+
+
+def fill_rows(buf: np.ndarray, rows: Sequence[np.ndarray], axis: int) -> None:
+    """Write each row into its place along `axis` of `buf`: zeros beyond a row that is
+    smaller than `buf` on other axes, and rows beyond the last repeating it."""
+    n = len(rows)
+    for r, value in enumerate(rows):
+        row = _row(value, buf.ndim, axis)
+        place: list[slice] = [slice(0, d) for d in row.shape]
+        place[axis] = slice(r, r + 1)
+        buf[tuple(place)] = row
+        for d in range(buf.ndim):
+            if d != axis and buf.shape[d] > row.shape[d]:
+                beyond: list[slice] = [slice(None)] * buf.ndim
+                beyond[axis] = slice(r, r + 1)
+                beyond[d] = slice(row.shape[d], None)
+                buf[tuple(beyond)] = 0
+    if buf.shape[axis] > n:
+        extra: list[slice] = [slice(None)] * buf.ndim
+        extra[axis] = slice(n, None)
+        last: list[slice] = [slice(None)] * buf.ndim
+        last[axis] = slice(n - 1, n)
+        buf[tuple(extra)] = buf[tuple(last)]
+
+
+def pad_into(buf: np.ndarray, arr: np.ndarray, axis: int) -> None:
+    """Write `arr` into the corner of `buf` (at least as large on every axis): zeros beyond
+    it on the other axes, and rows beyond its batch along `axis` repeating its last row
+    (always a valid input, e.g. a recurrent state)."""
+    real = tuple(slice(0, d) for d in arr.shape)
+    buf[real] = arr
+    rows = arr.shape[axis]
+    for d in range(arr.ndim):
+        if d != axis and buf.shape[d] > arr.shape[d]:
+            index = [slice(None)] * arr.ndim
+            index[axis] = slice(0, rows)
+            index[d] = slice(arr.shape[d], None)
+            buf[tuple(index)] = 0
+    if buf.shape[axis] > rows:
+        extra: list[slice] = [slice(None)] * arr.ndim
+        extra[axis] = slice(rows, None)
+        last: list[slice] = [slice(None)] * arr.ndim
+        last[axis] = slice(rows - 1, rows)
+        buf[tuple(extra)] = buf[tuple(last)]
 
 
 def _take(value: Any, axis: int, start: int, stop: int) -> Any:

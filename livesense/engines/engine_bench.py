@@ -6,7 +6,18 @@ TensorRT backend, the engine's own run without the wrapper), `engine_per_s` the 
 interface, and `batched_per_s` 1, 4 and 16 concurrent streams each submitting one item at a
 time through the cross-stream batcher. raw and engine are timed call by call, in
 alternation on the same items (`seconds` each), so the wrapper's overhead shows even on a
-busy machine; each batched figure runs at least `seconds` and three full batches.
+busy machine; each batched figure runs at least `seconds` and three full batches. Where the
+engine runs fixed shapes, raw runs the item already padded to its bucket, on the session
+the engine would use.
+
+Where the time goes (`phases`, ms per item, for each batched figure): `wait` in the batcher's
+queue, `collate` (stacking items into a batch), `pad` (the engine padding to its bucket and
+batch size), `run` (inside the runtime), `engine` (the rest of the engine wrapper), `split`
+(outputs back per item); `pre` and `post` are the model adapter's own work per item (image
+resize and normalisation, CTC decoding, box extraction, NMS), timed apart, as the benchmark
+feeds prepared inputs. `switches` counts runtime calls whose session last ran another input
+shape (each one re-plans every convolution on ORT's CUDA provider), `shapes_run` the
+distinct input shapes after warm-up.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import cv2
 import numpy as np
 
 from livesense.engines.batcher import Batcher, bucket, groups
-from livesense.engines.engine import Engine
+from livesense.engines.engine import Engine, shape_key
 from livesense.engines.engine_factory import EngineFactory
 from livesense.engines.model_spec import (
     CLIP_IMAGE,
@@ -72,6 +83,32 @@ class Workload:
     batch_axis: dict[str, int] = field(default_factory=dict)  # input -> axis (default 0)
     out_axis: dict[int, int] = field(default_factory=dict)  # output index -> axis (default 0)
     group_key: Callable[[Feeds], Any] | None = None
+    pre_s: float | None = None  # the adapter's pre-processing, seconds per item
+    post: Callable[[Engine, Feeds], Callable[[], Any]] | None = None  # the adapter's post
+
+
+class Phases:
+    """Seconds spent per phase of the batched path, and the items they served."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seconds = {"wait": 0.0, "collate": 0.0, "engine": 0.0, "split": 0.0}
+        self.items = 0
+
+    def add(self, items: int, **seconds: float) -> None:
+        with self.lock:
+            self.items += items
+            for k, v in seconds.items():
+                self.seconds[k] += v
+
+    def per_item_ms(self, pad: float, run: float) -> dict[str, float]:
+        """ms per item of each phase; `engine` less what padding and the runtime took."""
+        n = max(1, self.items)
+        out = dict(self.seconds)
+        out["engine"] = max(0.0, out["engine"] - pad - run)
+        out["pad"], out["run"] = pad, run
+        order = ("wait", "collate", "pad", "run", "engine", "split")
+        return {k: round(1000.0 * out[k] / n, 4) for k in order}
 
 
 @dataclass(slots=True)
@@ -83,6 +120,8 @@ class BenchResult:
     batched_per_s: dict[str, float]
     mean_batch: dict[str, float]
     shapes: dict[str, Any] = field(default_factory=dict)  # fixed shapes: calls per bucket...
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # streams -> ms/item
+    switches: dict[str, int] = field(default_factory=dict)  # streams -> session shape switches
 
     def as_json(self) -> dict[str, Any]:
         overhead = 1.0 - self.engine_per_s / self.raw_per_s if self.raw_per_s else 0.0
@@ -97,6 +136,8 @@ class BenchResult:
             "gain_16": round(self.batched_per_s.get("16", 0.0) / base, 2),
             "mean_batch": self.mean_batch,
             "shapes": self.shapes,
+            "phases": self.phases,
+            "switches": self.switches,
         }
 
 
@@ -131,50 +172,85 @@ class EngineBench:
         return out
 
     def measure(self, name: str, engine: Engine, work: Workload) -> BenchResult:
+        at_shape = [at_engine_shape(engine, work, f) for f in work.items]
         raw = self._bare(engine)
-        for feeds in work.items[:3]:  # warm up both paths
-            raw(feeds)
+        for fixed, feeds in list(zip(at_shape, work.items, strict=True))[:3]:  # warm up both
+            raw(fixed)
             engine.run(feeds)
-        raw_rate, engine_rate = self._paired(raw, engine.run, work.items)
+        raw_rate, engine_rate = self._paired(raw, engine.run, at_shape, work.items)
         batched: dict[str, float] = {}
         mean_batch: dict[str, float] = {}
+        phases: dict[str, dict[str, float]] = {}
+        switches: dict[str, int] = {}
         s = self.factory.settings
+        group = work.group_key
         for n in STREAMS:
-            batcher: Batcher[Feeds, list[np.ndarray]] = Batcher(
+            spent = Phases()
+            batcher: Batcher[Stamped, list[np.ndarray]] = Batcher(
                 f"bench-{name}",
-                lambda items: run_collated(engine, work, items),
+                lambda items, spent=spent: run_collated(engine, work, items, spent),  # type: ignore[misc]
                 max_batch=max(1, min(s.batch_max_size, s.batch_sizes.get(name, 1 << 30))),
                 max_delay=None if s.batch_max_delay_ms is None else s.batch_max_delay_ms / 1000.0,
                 queue_size=s.batch_queue,
                 stream_queue=s.batch_stream_queue,
-                key=work.group_key,
+                key=None if group is None else (lambda it: group(it[1])),
             )
+            before = _stat_copy(engine)
             try:
                 batched[str(n)] = self._streams(batcher, work.items, n)
                 mean_batch[str(n)] = batcher.stats.as_json()["mean_batch"]
             finally:
                 batcher.close()
-        shapes: dict[str, Any] = {"buckets": 0}
+            after = _stat_copy(engine)
+            phases[str(n)] = spent.per_item_ms(
+                after["pad_seconds"] - before["pad_seconds"],
+                after["run_seconds"] - before["run_seconds"],
+            )
+            switches[str(n)] = int(after["switches"] - before["switches"])
+        adapter: dict[str, float | None] = {"pre": None, "post": None}
+        if work.pre_s is not None:
+            adapter["pre"] = round(1000.0 * work.pre_s, 4)
+        if work.post is not None:
+            adapter["post"] = round(1000.0 * _per_call(work.post(engine, work.items[0])), 4)
+        for figures in phases.values():
+            figures.update(adapter)  # type: ignore[arg-type]
+        shapes: dict[str, Any] = {"buckets": 0, **_stat_json(engine)}
         if engine.buckets is not None:
             shapes = {
                 "buckets": len(engine.buckets.shapes),
                 "batch_sizes": list(engine.batch_sizes),
+                "sessions": getattr(engine, "sessions", 1),
                 **engine.shape_stats.as_json(),
             }
-        return BenchResult(name, engine.backend, raw_rate, engine_rate, batched, mean_batch, shapes)
+        return BenchResult(
+            name,
+            engine.backend,
+            raw_rate,
+            engine_rate,
+            batched,
+            mean_batch,
+            shapes,
+            phases,
+            switches,
+        )
 
     def _bare(self, engine: Engine) -> Callable[[Feeds], Any]:
         """The same model without the wrapper: its onnxruntime session called directly (the
-        same session object, so no cache or thread-pool difference), or TensorRT's run."""
+        session the engine runs that shape on, so no cache or thread-pool difference), or
+        TensorRT's run."""
         if isinstance(engine, OnnxEngine):
-            session = engine.session
-            return lambda feeds: session.run(None, feeds)
+            return lambda feeds: engine.session_for(shape_key(feeds)).run(None, feeds)
         return lambda feeds: engine._run(feeds, None)
 
     def _paired(
-        self, a: Callable[[Feeds], Any], b: Callable[[Feeds], Any], items: list[Feeds]
+        self,
+        a: Callable[[Feeds], Any],
+        b: Callable[[Feeds], Any],
+        items_a: list[Feeds],
+        items_b: list[Feeds],
     ) -> tuple[float, float]:
-        """Items/s of `a` and `b`, timed call by call in alternation on the same items.
+        """Items/s of `a` and `b`, timed call by call in alternation on the same items (for
+        `a` as the runtime takes them, for `b` as the engine's callers give them).
 
         Each item runs through both, in alternating order, and only the calls themselves are
         timed: a load change on a shared machine hits both alike.
@@ -182,17 +258,18 @@ class EngineBench:
         spent = [0.0, 0.0]
         done = 0
         end = time.perf_counter() + 2 * self.seconds
-        while done < len(items) or time.perf_counter() < end:
-            feeds = items[done % len(items)]
+        while done < len(items_b) or time.perf_counter() < end:
+            k = done % len(items_b)
             order = ((0, a), (1, b)) if done % 2 == 0 else ((1, b), (0, a))
             for slot, fn in order:
+                feeds = items_a[k] if slot == 0 else items_b[k]
                 t0 = time.perf_counter()
                 fn(feeds)
                 spent[slot] += time.perf_counter() - t0
             done += 1
         return done / spent[0], done / spent[1]
 
-    def _streams(self, batcher: Batcher[Feeds, Any], items: list[Feeds], n: int) -> float:
+    def _streams(self, batcher: Batcher[Stamped, Any], items: list[Feeds], n: int) -> float:
         counts = [0] * n
         start = threading.Barrier(n + 1)
         stop = threading.Event()
@@ -201,7 +278,7 @@ class EngineBench:
             start.wait()
             k = i
             while not stop.is_set():
-                batcher([items[k % len(items)]], stream=i)
+                batcher([(time.perf_counter(), items[k % len(items)])], stream=i)
                 counts[i] += 1
                 k += 1
 
@@ -209,7 +286,7 @@ class EngineBench:
         for t in threads:
             t.start()
         for item in items[:2]:  # warm up the batch path (as stream 0: no stranger)
-            batcher([item], stream=0)
+            batcher([(time.perf_counter(), item)], stream=0)
         start.wait()
         t0 = time.perf_counter()
         base = sum(counts)
@@ -225,21 +302,70 @@ class EngineBench:
         return done / elapsed
 
 
-def run_collated(engine: Engine, work: Workload, items: list[Feeds]) -> list[list[np.ndarray]]:
+Stamped = tuple[float, Feeds]
+"""An item as the benchmark's streams submit it: (when submitted, its feeds)."""
+
+
+def run_collated(
+    engine: Engine, work: Workload, stamped: list[Stamped], spent: Phases | None = None
+) -> list[list[np.ndarray]]:
     """Run single-item feeds as batches (one per shape group); split the outputs per item
     (views, not copies). Where the engine runs fixed shapes, a batch is built at its bucket's
-    shape directly, so the engine need not pad it again."""
+    shape directly, so the engine need not pad it again. `spent` gets each phase's time."""
+    t0 = time.perf_counter()
+    wait = sum(t0 - t for t, _ in stamped)
+    items = [f for _, f in stamped]
+    collating = running = 0.0
     if len(items) == 1:  # nothing to stack or split
-        return [list(engine.run(items[0]))]
-    out: list[list[np.ndarray]] = [[] for _ in items]
-    keys = [work.group_key(f) if work.group_key else 0 for f in items]
-    for group in groups(keys):
-        members = [items[i] for i in group]
-        feeds = collate(members, work.batch_axis, bucket_shapes(engine, members[0]))
-        results = [np.asarray(r) for r in engine.run(feeds)]
-        for r, i in enumerate(group):
-            out[i] = [_row(res, work.out_axis.get(j, 0), r) for j, res in enumerate(results)]
+        out = [list(engine.run(items[0]))]
+        running = time.perf_counter() - t0
+    else:
+        out = [[] for _ in items]
+        keys = [work.group_key(f) if work.group_key else 0 for f in items]
+        for group in groups(keys):
+            members = [items[i] for i in group]
+            t1 = time.perf_counter()
+            rows = {k: [f[k] for f in members] for k, v in members[0].items() if v.ndim}
+            constants = {k: v for k, v in members[0].items() if not v.ndim}
+            t2 = time.perf_counter()
+            ran = engine.run_rows(rows, None, constants, work.batch_axis)
+            results = [np.asarray(r) for r in ran]
+            collating += t2 - t1
+            running += time.perf_counter() - t2
+            for r, i in enumerate(group):
+                out[i] = [_row(res, work.out_axis.get(j, 0), r) for j, res in enumerate(results)]
+    if spent is not None:
+        total = time.perf_counter() - t0
+        split = max(0.0, total - collating - running)
+        spent.add(len(items), wait=wait, collate=collating, engine=running, split=split)
     return out
+
+
+def at_engine_shape(engine: Engine, work: Workload, item: Feeds) -> Feeds:
+    """One item padded as the engine would pad it (its bucket, batch size 1), or as it is."""
+    floor = bucket_shapes(engine, item)
+    return collate([item], work.batch_axis, floor) if floor else item
+
+
+def _stat_copy(engine: Engine) -> dict[str, float]:
+    st = engine.shape_stats
+    return {"pad_seconds": st.pad_seconds, "run_seconds": st.run_seconds, "switches": st.switches}
+
+
+def _stat_json(engine: Engine) -> dict[str, Any]:
+    j = engine.shape_stats.as_json()
+    return {k: j[k] for k in ("runs", "shapes_run", "switches")}
+
+
+def _per_call(fn: Callable[[], Any], runs: int = 5) -> float:
+    """Seconds of one call of `fn` (one untimed call first, then the best of `runs`)."""
+    fn()
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def bucket_shapes(engine: Engine, item: Feeds) -> dict[str, tuple[int, ...]]:
@@ -327,6 +453,7 @@ def _picture_work(name: str) -> Workload:
 
     rng = np.random.default_rng(0)
     items: list[Feeds] = []
+    pre = 0.0
     for k in range(8):
         img = np.full((360, 640, 3), 90 + 10 * k, np.uint8)
         for _ in range(6):
@@ -334,9 +461,24 @@ def _picture_work(name: str) -> Workload:
             color = tuple(int(c) for c in rng.integers(0, 255, 3))
             cv2.rectangle(img, (x, y), (x + 80, y + 80), color, -1)
         cv2.circle(img, (320, 180), 40, (200, 170, 150), -1)
+        t0 = time.perf_counter()
         picture = letterbox(img)[0] if name == DETECT else scene_input(img)
+        pre += time.perf_counter() - t0
         items.append({"image": picture[None]})
-    return Workload(items)
+    post = _detect_post if name == DETECT else _scene_post
+    return Workload(items, pre_s=pre / len(items), post=post)
+
+
+def _detect_post(engine: Engine, feeds: Feeds) -> Callable[[], Any]:
+    from livesense.engines.detector import OUTPUTS, decode
+
+    outputs = [np.asarray(r)[0] for r in engine.run(feeds, list(OUTPUTS))]
+    return lambda: decode(outputs, 1.0, (360, 640), 0.3)
+
+
+def _scene_post(engine: Engine, feeds: Feeds) -> Callable[[], Any]:
+    probs = np.asarray(engine.run(feeds)[0])[0]
+    return lambda: [(int(i), float(probs[i])) for i in np.argsort(-probs)[:5]]
 
 
 def _text_work(engine: Engine) -> Workload:
@@ -351,15 +493,22 @@ def _text_work(engine: Engine) -> Workload:
     rng = np.random.default_rng(0)
     names = {i.name for i in engine.inputs()}
     items = []
+    pre = 0.0
     for _ in range(48):
         n = int(rng.integers(2, 13))  # a caption, a query, a snippet's words: 2 to 12
         start = int(rng.integers(0, len(WORDS) - n))
+        t0 = time.perf_counter()
         ids = np.array([tok.encode(" ".join(WORDS[start : start + n])).ids], np.int64)
+        pre += time.perf_counter() - t0
         feeds: Feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         if "token_type_ids" in names:
             feeds["token_type_ids"] = np.zeros_like(ids)
         items.append(feeds)
-    return Workload(items, group_key=lambda f: bucket(f["input_ids"].shape[1], BUCKETS))
+    return Workload(
+        items,
+        group_key=lambda f: bucket(f["input_ids"].shape[1], BUCKETS),
+        pre_s=pre / len(items),
+    )
 
 
 def _vad_work() -> Workload:
@@ -383,14 +532,29 @@ def _line_image(text: str, scale: float = 1.0) -> np.ndarray:
 
 
 def _rec_work() -> Workload:
-    from livesense.engines.ocr import REC_WIDTHS, rec_input
+    from livesense.engines.ocr import crop, rec_input, rec_width
 
     items = []
+    pre = 0.0
     for k, text in enumerate(LINES):
-        crop = _line_image(text, 0.8 + 0.1 * (k % 4))
-        width = bucket(int(np.ceil(48 * crop.shape[1] / crop.shape[0])), REC_WIDTHS)
-        items.append({"x": rec_input(crop, min(width, REC_WIDTHS[-1]))[None]})
-    return Workload(items, group_key=lambda f: f["x"].shape[3])
+        line = _line_image(text, 0.8 + 0.1 * (k % 4))
+        h, w = line.shape[:2]
+        box = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+        t0 = time.perf_counter()
+        straight = crop(line, box)
+        items.append({"x": rec_input(straight, rec_width(straight))[None]})
+        pre += time.perf_counter() - t0
+    return Workload(
+        items, group_key=lambda f: f["x"].shape[3], pre_s=pre / len(items), post=_rec_post
+    )
+
+
+def _rec_post(engine: Engine, feeds: Feeds) -> Callable[[], Any]:
+    from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
+
+    decode = CTCLabelDecode(character=engine.metadata().get("character", "").splitlines())
+    preds = np.asarray(engine.run(feeds)[0])
+    return lambda: decode(preds)
 
 
 def _det_work() -> Workload:
@@ -398,16 +562,37 @@ def _det_work() -> Workload:
 
     pre = DetPreProcess(960, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
     items = []
+    spent = 0.0
     for k in range(4):
         img = np.full((360, 640, 3), 230 - 20 * k, np.uint8)
         for j, text in enumerate(LINES[k * 3 : k * 3 + 3]):
             cv2.putText(
                 img, text, (30, 90 + 100 * j), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (20, 20, 20), 3
             )
+        t0 = time.perf_counter()
         prep = pre(img)
+        spent += time.perf_counter() - t0
         assert prep is not None
         items.append({"x": prep})
-    return Workload(items, group_key=lambda f: f["x"].shape)
+    return Workload(
+        items, group_key=lambda f: f["x"].shape, pre_s=spent / len(items), post=_det_post
+    )
+
+
+def _det_post(engine: Engine, feeds: Feeds) -> Callable[[], Any]:
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+
+    post = DBPostProcess(
+        thresh=0.3,
+        box_thresh=0.5,
+        max_candidates=1000,
+        unclip_ratio=1.6,
+        score_mode="fast",
+        use_dilation=True,
+    )
+    h, w = feeds["x"].shape[2:]
+    pred = np.asarray(engine.run(feeds)[0])[:, :, :h, :w]
+    return lambda: post(pred, (360, 640))
 
 
 def machine() -> dict[str, Any]:
@@ -445,4 +630,32 @@ def markdown(results: list[dict[str, Any]], where: dict[str, Any]) -> str:
         for r in results
     )
     gpu = f", {where['gpu']}" if where.get("gpu") else ", no GPU"
-    return f"{head}{rows}\nMachine: {where['cpu']}, {where['cores']} cores{gpu}.\n"
+    return (
+        f"{head}{rows}\n{phases_table(results)}\n"
+        f"Machine: {where['cpu']}, {where['cores']} cores{gpu}.\n"
+    )
+
+
+PHASES = ("pre", "wait", "collate", "pad", "run", "engine", "split", "post")
+
+
+def phases_table(results: list[dict[str, Any]], streams: str = "16") -> str:
+    """Where the time of the batched figure at `streams` streams goes, ms per item."""
+    head = (
+        f"| model ({streams} streams, ms/item) | "
+        + " | ".join(PHASES)
+        + " | switches | shapes run |\n|---|"
+        + "---|" * (len(PHASES) + 2)
+        + "\n"
+    )
+    rows = []
+    for r in results:
+        ph = r.get("phases", {}).get(streams)
+        if not ph:
+            continue
+        cells = " | ".join("-" if ph.get(k) is None else f"{ph[k]:.3g}" for k in PHASES)
+        shapes = r.get("shapes", {}).get("shapes_run", "-")
+        rows.append(
+            f"| {r['model']} | {cells} | {r.get('switches', {}).get(streams, '-')} | {shapes} |\n"
+        )
+    return head + "".join(rows)

@@ -353,11 +353,28 @@ class EngineFactory:
         self, backend: str, spec: ModelSpec, threads: int | None, precision: str | None = None
     ) -> Engine:
         t = self.settings.threads if threads is None else threads
+        per_shape = self.settings.session_per_shape
         if backend == "ort-cpu":
-            return OnnxEngine(spec.path, spec.name, t, [CPU], require=CPU, backend=backend)
+            return OnnxEngine(
+                spec.path,
+                spec.name,
+                t,
+                [CPU],
+                require=CPU,
+                backend=backend,
+                session_per_shape=per_shape == "on",
+            )
         if backend == "ort-cuda":
             providers: list[Any] = [(CUDA, self.cuda_options()), CPU]
-            return OnnxEngine(spec.path, spec.name, t, providers, require=CUDA, backend=backend)
+            return OnnxEngine(
+                spec.path,
+                spec.name,
+                t,
+                providers,
+                require=CUDA,
+                backend=backend,
+                session_per_shape=per_shape != "off",
+            )
         if backend == "ort-tensorrt":
             return self._load_ort_trt(spec, t, precision=precision)
         return self._load_trt(spec, precision)
@@ -365,11 +382,16 @@ class EngineFactory:
     def cuda_options(self) -> dict[str, Any]:
         """ONNX Runtime CUDA provider options from the settings."""
         s = self.settings
-        return {
+        options: dict[str, Any] = {
             "device_id": 0,
             "cudnn_conv_algo_search": s.cudnn_conv_algo_search,
             "use_tf32": int(s.tf32),
         }
+        if s.session_per_shape != "off":
+            # many sessions, one shape each: each arena grows to what its shape needs, not
+            # to the next power of two
+            options["arena_extend_strategy"] = "kSameAsRequested"
+        return options
 
     # -- TensorRT ---------------------------------------------------------------------------
 

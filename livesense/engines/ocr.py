@@ -83,7 +83,7 @@ class OcrReader:
                 "rapidocr-onnxruntime."
             )
         self._decode = CTCLabelDecode(character=characters.splitlines())
-        self._pre = DetPreProcess(max_side, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+        self._pre = det_preprocess(DetPreProcess(max_side, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))
         self._post = DBPostProcess(
             thresh=0.3,
             box_thresh=0.5,
@@ -118,16 +118,9 @@ class OcrReader:
         for group in groups([self._det_key(p) for p in preps]):
             for k in range(0, len(group), step):
                 rows = group[k : k + step]
-                h = max(preps[i].shape[2] for i in rows)
-                w = max(preps[i].shape[3] for i in rows)
-                buckets = self.det.buckets
-                canvas = None if buckets is None else buckets.fit({self._det_input: (1, 3, h, w)})
-                if buckets is not None and canvas is not None:  # built at its canvas: no re-pad
-                    h, w = buckets.shapes[canvas][self._det_input][2:]
-                batch = np.zeros((len(rows), 3, h, w), np.float32)
-                for r, i in enumerate(rows):
-                    batch[r, :, : preps[i].shape[2], : preps[i].shape[3]] = preps[i][0]
-                pred = np.asarray(self.det.run({self._det_input: batch})[0])
+                # written into the engine's buffer at the canvas, zero-padded per frame
+                batch = [preps[i] for i in rows]
+                pred = np.asarray(self.det.run_rows({self._det_input: batch})[0])
                 for r, i in enumerate(rows):
                     out[i] = pred[r, 0, : preps[i].shape[2], : preps[i].shape[3]]
         return out
@@ -227,11 +220,35 @@ class OcrReader:
             width = widths[group[0]]
             for k in range(0, len(group), step):
                 rows = group[k : k + step]
-                batch = np.stack([rec_input(crops[i], width) for i in rows])
-                preds = self.rec.run({self._rec_input: batch})[0]
+                lines = [rec_input(crops[i], width) for i in rows]
+                preds = self.rec.run_rows({self._rec_input: lines})[0]
                 for i, res in zip(rows, self._decode(np.asarray(preds)), strict=True):
                     out[i] = (str(res[0]), float(res[1]))
         return out
+
+
+def det_preprocess(pre: Any) -> Any:
+    """rapidocr's detector pre-processing (resize to multiples of 32, (x / 255 - mean) / std,
+    planar), with the normalising done through a table of the 256 values per channel,
+    computed as rapidocr computes them: the same numbers, in one pass instead of five over
+    float64 copies."""
+    table = [
+        ((np.arange(256, dtype=np.float32) * pre.scale - pre.mean[c]) / pre.std[c]).astype(
+            np.float32
+        )
+        for c in range(3)
+    ]
+
+    def prepare(img: np.ndarray) -> np.ndarray | None:
+        resized = pre.resize(img)
+        if resized is None:
+            return None
+        out = np.empty((1, 3, *resized.shape[:2]), np.float32)
+        for c in range(3):
+            out[0, c] = table[c][resized[:, :, c]]
+        return out
+
+    return prepare
 
 
 def rec_width(crop_bgr: np.ndarray) -> int:

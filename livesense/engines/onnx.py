@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from livesense.engines.engine import (
     Engine,
     EngineTiming,
     TensorInfo,
+    shape_key,
     vars_of,
 )
 from livesense.errors import ModelMissingError
@@ -58,12 +61,22 @@ def tensorrt_libraries() -> bool:
     return spec is not None and bool(spec.submodule_search_locations)
 
 
+MAX_SESSIONS = 128
+"""Sessions one engine holds with `session_per_shape` (shapes beyond run on the first)."""
+
+
 class OnnxEngine(Engine):
     """One ONNX model on onnxruntime. Thread-safe: ORT sessions allow concurrent run().
 
     `providers` are tried in order by onnxruntime; names this build lacks are left out. With
     `require` set, the session must end up with that provider first, else the load fails
     with BackendUnavailableError (ORT would otherwise fall back to the CPU silently).
+
+    `session_per_shape`: once the engine has buckets, each input shape (bucket x batch size)
+    runs on a session of its own. ORT's CUDA convolution keeps the cuDNN plan of the last
+    shape it ran and rebuilds it whenever the shape changes (tens of ms per call on a model
+    like the recogniser), so one session fed alternating buckets re-plans on nearly every
+    call; a session per shape plans once, at warm-up.
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class OnnxEngine(Engine):
         precision: str = "fp32",
         cache: str | None = None,
         backend: str | None = None,
+        session_per_shape: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -96,6 +110,14 @@ class OnnxEngine(Engine):
         if any(_provider_name(p) in (CUDA, TENSORRT) for p in chosen):
             _preload_gpu_libraries()
         self.session = ort.InferenceSession(str(path), opts, providers=chosen)
+        # On a GPU the CPU threads of a session only run the few nodes left on the CPU:
+        # the sessions per shape (up to a hundred per model) get one each.
+        on_gpu = _provider_name(chosen[0]) in (CUDA, TENSORRT)
+        shape_opts = session_options(1) if on_gpu and threads != 1 else opts
+        self._new_session = lambda: ort.InferenceSession(str(path), shape_opts, providers=chosen)
+        self.session_per_shape = session_per_shape
+        self._sessions: dict[Hashable, Any] = {}
+        self._sessions_lock = threading.Lock()
         active = list(self.session.get_providers())
         if require is not None and (not active or active[0] != require):
             raise BackendUnavailableError(
@@ -132,7 +154,41 @@ class OnnxEngine(Engine):
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> list[Any]:
-        return list(self.session.run(outputs, feeds))
+        if not self.session_per_shape or self.buckets is None:
+            return list(self.session.run(outputs, feeds))
+        return list(self.session_for(shape_key(feeds)).run(outputs, feeds))
+
+    def session_for(self, key: Hashable) -> Any:
+        """The session that runs inputs of these shapes (see `session_per_shape`)."""
+        if not self.session_per_shape or self.buckets is None:
+            return self.session
+        session = self._sessions.get(key)
+        if session is not None:
+            return session
+        with self._sessions_lock:
+            full = len(self._sessions) >= MAX_SESSIONS
+        if full:
+            return self.session
+        made = self._new_session()  # outside the lock: warm-up makes several at once
+        with self._sessions_lock:
+            return self._sessions.setdefault(key, made)
+
+    @property
+    def sessions(self) -> int:
+        """Sessions this engine holds (1, or one per input shape run so far)."""
+        return max(1, len(self._sessions))
+
+    def _session_of(self, key: Hashable) -> Hashable:
+        if not self.session_per_shape or self.buckets is None:
+            return 0
+        return key if key in self._sessions else 0
+
+    def warm_workers(self) -> int:
+        return min(8, os.cpu_count() or 1) if self.session_per_shape else 1
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            self._sessions.clear()
 
 
 def session_options(threads: int) -> Any:

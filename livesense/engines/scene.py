@@ -102,6 +102,6 @@ class SceneClassifier:
         step = self.engine.max_batch or len(inputs)
         out: list[np.ndarray] = []
         for k in range(0, len(inputs), step):
-            probs = self.engine.run({self._input: np.stack(inputs[k : k + step])})[0]
+            probs = self.engine.run_rows({self._input: inputs[k : k + step]})[0]
             out.extend(np.asarray(probs))
         return out
