@@ -26,6 +26,7 @@ from livesense.memory.lexical import Term, query_terms
 from livesense.memory.search import (
     DocFreqs,
     Scope,
+    SearchQuery,
     fuse_candidates,
     lexical_candidates,
     rank,
@@ -142,22 +143,11 @@ class LocalIndex:
         self._db.execute("COMMIT")
         self.vectors.remove([rid])
 
-    def search(
-        self,
-        qvec: np.ndarray,
-        query: str,
-        *,
-        stream: str | None = None,
-        start: float | None = None,
-        end: float | None = None,
-        top_k: int = 5,
-    ) -> list[tuple[str, int, float]]:
+    def search(self, q: SearchQuery) -> list[tuple[str, int, float]]:
         """(stream, index, hybrid score) of the best records, best first (dense=True)."""
         with self._lock:
-            ranked = rank(
-                self._db, self.vectors, qvec, query, stream=stream, start=start, end=end,
-                top_k=top_k, texts=self.vectors.texts, doc_freqs=self._doc_freqs,
-            )  # fmt: skip
+            texts, doc_freqs = self.vectors.texts, self._doc_freqs
+            ranked = rank(self._db, self.vectors, q, texts=texts, doc_freqs=doc_freqs)
             return [(*self._key[rid], score) for rid, score in ranked if rid in self._key]
 
     def lexical(

@@ -25,8 +25,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from livesense.config import MemorySettings, RedisSettings
 from livesense.engines.text import TextEmbedder
 from livesense.errors import LivesenseError
@@ -40,7 +38,7 @@ from livesense.memory.redis.link import import_redis as _import_redis
 from livesense.memory.redis.reads import Reads
 from livesense.memory.redis.vectors import LOCAL_INDEX, QUERY_ENGINE, RecordVectors
 from livesense.memory.redis.writer import Writer, delete_keys
-from livesense.memory.search import DENSE_CANDIDATES, check_stream
+from livesense.memory.search import SearchQuery, check_stream
 from livesense.memory.store_base import Store
 from livesense.memory.summary import StreamSummary
 from livesense.memory.tiers import (
@@ -295,25 +293,14 @@ class RedisStore(Store):
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _search(
-        self,
-        qvec: np.ndarray,
-        query: str,
-        *,
-        stream: str | None,
-        start: float | None,
-        end: float | None,
-        top_k: int,
-    ) -> list[Hit]:
-        self.refresh()
+    def _search(self, q: SearchQuery) -> list[Hit]:
         local = self._follower.local
         if self.vector_search == QUERY_ENGINE:
-            k = max(DENSE_CANDIDATES, 4 * top_k)
-            search = self._vectors.search(local, qvec, query, stream, start, end, k)
+            search = self._vectors.search(local, q)
             lexical, dense = self._link.call(search, "search vectors")
-            ranked = local.fuse(lexical, dense, top_k)
+            ranked = local.fuse(lexical, dense, q.top_k)
         else:
-            ranked = local.search(qvec, query, stream=stream, start=start, end=end, top_k=top_k)
+            ranked = local.search(q)
         if not ranked:
             return []
         return self._link.call(self._reads.hits(ranked), "read moments")

@@ -83,6 +83,24 @@ def check_query(query: str) -> str:
     return q
 
 
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """One checked search as the stores rank it: the query's text and embedding, the
+    filters (stream, time span) and how many hits to return."""
+
+    text: str
+    vector: np.ndarray
+    stream: str | None = None
+    start: float | None = None
+    end: float | None = None
+    top_k: int = 5
+
+    @property
+    def dense_candidates(self) -> int:
+        """How many nearest records by embedding go into fusion."""
+        return max(DENSE_CANDIDATES, 4 * self.top_k)
+
+
 def hybrid_score(dense: float, lexical: float, every: bool) -> float:
     """The documented mix of dense similarity (a raw cosine) and lexical coverage, in [0, 1]."""
     d = min(max((dense - DENSE_FLOOR) / (DENSE_CEIL - DENSE_FLOOR), 0.0), 1.0)
@@ -280,23 +298,17 @@ def lexical_candidates(
 def rank(
     conn: sqlite3.Connection,
     index: VectorIndex,
-    qvec: np.ndarray,
-    query: str,
+    q: SearchQuery,
     *,
-    stream: str | None = None,
-    start: float | None = None,
-    end: float | None = None,
-    top_k: int = 5,
     texts: Texts | None = None,
     doc_freqs: DocFreqs | None = None,
 ) -> list[tuple[int, float]]:
     """(row id, hybrid score) of the best moments, highest first, ties by row id. `texts`
     gives candidates' normalised texts (default: read from conn's records table)."""
-    terms = query_terms(query)
+    stream, start, end = q.stream, q.start, q.end
+    terms = query_terms(q.text)
     dense = dict(
-        index.search(
-            qvec, top_k=max(DENSE_CANDIDATES, 4 * top_k), stream=stream, start=start, end=end
-        )
+        index.search(q.vector, top_k=q.dense_candidates, stream=stream, start=start, end=end)
     )
     lex_ids: set[int] = set()
     weights: list[float] = []
@@ -323,9 +335,9 @@ def rank(
             )
     missing = [rid for rid in lex_ids if rid not in dense]
     if missing:
-        dense.update(index.scores(qvec, missing))
+        dense.update(index.scores(q.vector, missing))
     candidates = set(dense) | lex_ids
-    return fuse_candidates(texts or sql_texts(conn), terms, weights, dense, candidates, top_k)
+    return fuse_candidates(texts or sql_texts(conn), terms, weights, dense, candidates, q.top_k)
 
 
 Texts = Callable[[list[int]], Iterable[tuple[int, str]]]

@@ -30,7 +30,7 @@ from livesense.errors import LivesenseError, NotFoundError
 from livesense.memory.consolidate import Stored
 from livesense.memory.evidence_codec import evidence_from_json, evidence_to_json
 from livesense.memory.index import IndexEntry, VectorIndex
-from livesense.memory.search import DocFreqs, check_stream, rank
+from livesense.memory.search import DocFreqs, SearchQuery, check_stream, rank
 from livesense.memory.store_base import Store
 from livesense.memory.summary import StreamSummary
 from livesense.memory.text_tables import TEXT_TABLES, index_text, text_columns, unindex_text
@@ -608,30 +608,9 @@ class MemoryStore(Store):
             return None
         return self._stored(row).record
 
-    def _search(
-        self,
-        qvec: np.ndarray,
-        query: str,
-        *,
-        stream: str | None,
-        start: float | None,
-        end: float | None,
-        top_k: int,
-    ) -> list[Hit]:
-        self.refresh()
+    def _search(self, q: SearchQuery) -> list[Hit]:
         conn = self._reader()
-        ranked = rank(
-            conn,
-            self._index,
-            qvec,
-            query,
-            stream=stream,
-            start=start,
-            end=end,
-            top_k=top_k,
-            texts=self._index.texts,
-            doc_freqs=self._doc_freqs,
-        )
+        ranked = rank(conn, self._index, q, texts=self._index.texts, doc_freqs=self._doc_freqs)
         if not ranked:
             return []
         ids = [rid for rid, _ in ranked]

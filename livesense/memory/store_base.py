@@ -16,8 +16,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from livesense.config import MemorySettings
 from livesense.engines.text import TextEmbedder, shared_text_embedder
 from livesense.errors import LivesenseError, QueryError
@@ -25,7 +23,7 @@ from livesense.memory.answer import compose_answer
 from livesense.memory.checks import check_range, check_record
 from livesense.memory.consolidate import Stored
 from livesense.memory.lexical import searchable_text
-from livesense.memory.search import check_query, check_stream
+from livesense.memory.search import SearchQuery, check_query, check_stream
 from livesense.memory.summary import StreamSummary
 from livesense.memory.tiers import GapMark, Put, StreamTiers, TierPlan, TimelineMoment
 from livesense.records import Answer, Hit, SnippetRecord
@@ -171,9 +169,9 @@ class Store(ABC):
         check_range(start, end)
         if not 1 <= int(top_k) <= 1000:
             raise QueryError(f"top_k must be between 1 and 1000, not {top_k}.")
-        qvec = self.embedder.embed_query(q)
-        hits = self._search(qvec, q, stream=stream, start=start, end=end, top_k=int(top_k))
-        return self._above_floor(hits)
+        checked = SearchQuery(q, self.embedder.embed_query(q), stream, start, end, int(top_k))
+        self.refresh()
+        return self._above_floor(self._search(checked))
 
     def _above_floor(self, hits: list[Hit]) -> list[Hit]:
         """The hits that score at least `min_score`: below it a moment matches no better
@@ -181,29 +179,21 @@ class Store(ABC):
         return [h for h in hits if h.score >= self.settings.min_score]
 
     @abstractmethod
-    def _search(
-        self,
-        qvec: np.ndarray,
-        query: str,
-        *,
-        stream: str | None,
-        start: float | None,
-        end: float | None,
-        top_k: int,
-    ) -> list[Hit]:
-        """Ranked hits for an embedded, checked query."""
+    def _search(self, q: SearchQuery) -> list[Hit]:
+        """Ranked hits for an embedded, checked query (the store is refreshed)."""
 
     def ask(self, question: str, *, stream: str | None = None) -> Answer:
         """A short answer composed from the best moments' evidence (no language model)."""
         q = check_query(question)
         if stream is not None:
             check_stream(stream)
-        qvec = self.embedder.embed_query(q)
-        hits = self._search(qvec, q, stream=stream, start=None, end=None, top_k=ASK_HITS)
-        hits = self._above_floor(hits)
+        checked = SearchQuery(q, self.embedder.embed_query(q), stream, top_k=ASK_HITS)
+        self.refresh()
+        hits = self._above_floor(self._search(checked))
         return compose_answer(
-            q, hits, embedder=self.embedder, qvec=qvec, stream=stream, neighbour=self._neighbour
-        )
+            q, hits, embedder=self.embedder, qvec=checked.vector, stream=stream,
+            neighbour=self._neighbour,
+        )  # fmt: skip
 
     def _neighbour(self, hit: Hit, step: int) -> Hit | None:
         """The stored moment just before (step -1) or after (+1) a hit, when they touch."""

@@ -19,6 +19,7 @@ from livesense.memory.local_index import Key, Lexical, LocalIndex
 from livesense.memory.record_codec import META, TOKENS, unpack_meta, unpack_tokens
 from livesense.memory.redis.link import RedisLink, log
 from livesense.memory.redis.pipelined import pipelined
+from livesense.memory.search import SearchQuery
 from livesense.memory.time_window import redis_window
 
 # Fields every record hash gets where the server has a query engine, and the index over them.
@@ -130,27 +131,20 @@ class RecordVectors:
         if done:
             log.info("gave %d stored records their vectors for the index", done)
 
-    async def search(
-        self,
-        local: LocalIndex,
-        qvec: np.ndarray,
-        query: str,
-        stream: str | None,
-        start: float | None,
-        end: float | None,
-        k: int,
-    ) -> tuple[Lexical, dict[Key, float]]:
-        """The lexical candidates (found in `local`) and the exact cosines of the k nearest
-        records (found by the query engine) and of the lexical candidates. The nearest are
-        asked for first, so that Redis looks for them while the lexical side runs in a thread
-        here."""
-        near = asyncio.ensure_future(self._knn(qvec, stream, start, end, k))
+    async def search(self, local: LocalIndex, q: SearchQuery) -> tuple[Lexical, dict[Key, float]]:
+        """The lexical candidates (found in `local`) and the exact cosines of the query's
+        dense candidates (the nearest records, found by the query engine) and of the lexical
+        candidates. The nearest are asked for first, so that Redis looks for them while the
+        lexical side runs in a thread here."""
+        near = asyncio.ensure_future(
+            self._knn(q.vector, q.stream, q.start, q.end, q.dense_candidates)
+        )
         near.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen if left
         try:
             lexical = await asyncio.to_thread(
-                local.lexical, query, stream=stream, start=start, end=end
+                local.lexical, q.text, stream=q.stream, start=q.start, end=q.end
             )
-            named = await self._cosines(qvec, list(lexical.texts))
+            named = await self._cosines(q.vector, list(lexical.texts))
             return lexical, {**named, **await near}
         except self.link.aioredis.ResponseError as e:  # e.g. the index was dropped meanwhile
             raise LivesenseError(
