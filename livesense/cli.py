@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from livesense.memory.answer import compose_answer
 from livesense.records import Answer, Hit
 from livesense.service import build_services, open_store, open_work_list
 from livesense.urls import shown_url
+
+if TYPE_CHECKING:
+    from livesense.memory.store_base import Store
 
 app = typer.Typer(
     name="livesense",
@@ -243,6 +246,12 @@ async def _show_progress(pipeline: Any, task: asyncio.Task[Any]) -> None:
             await asyncio.wait({task}, timeout=0.25)
 
 
+def _read_only(config: Path | None, memory: Path | None, redis: str | None) -> Store:
+    """The memory a read command opens, read-only: the directory or Redis its flags name."""
+    settings = _settings(config, memory=memory, **{"redis.url": redis})
+    return open_store(settings, readonly=True)
+
+
 def _nothing(query: str, stream: str | None) -> str:
     """The one sentence that says no stored moment matches (as `ask` answers it)."""
     return compose_answer(query, [], stream=stream).text
@@ -280,12 +289,8 @@ def search(
     config: ConfigOpt = None,
 ) -> None:
     """Find the moments that match a query (hybrid: meaning and exact words)."""
-    settings = _settings(config, memory=memory, **{"redis.url": redis})
-    store = open_store(settings, readonly=True)
-    try:
+    with _read_only(config, memory, redis) as store:
         hits = store.search(query, stream=stream, start=start, end=end, top_k=top_k)
-    finally:
-        store.close()
     if as_json:
         print(json.dumps({"hits": [h.to_json() for h in hits]}))
     elif hits:
@@ -304,12 +309,8 @@ def ask(
     config: ConfigOpt = None,
 ) -> None:
     """Answer a question from the evidence of the best matching moments."""
-    settings = _settings(config, memory=memory, **{"redis.url": redis})
-    store = open_store(settings, readonly=True)
-    try:
+    with _read_only(config, memory, redis) as store:
         answer: Answer = store.ask(question, stream=stream)
-    finally:
-        store.close()
     if as_json:
         print(json.dumps(answer.to_json()))
     else:
@@ -590,13 +591,9 @@ def timeline(
     config: ConfigOpt = None,
 ) -> None:
     """The stream's stored moments in time order (recent, key and consolidated tiers)."""
-    settings = _settings(config, memory=memory, **{"redis.url": redis})
-    store = open_store(settings, readonly=True)
-    try:
+    with _read_only(config, memory, redis) as store:
         moments = store.timeline(stream)
         summary = store.summary(stream)
-    finally:
-        store.close()
     if as_json:
         print(json.dumps({"moments": [m.to_json() for m in moments]}))
         return

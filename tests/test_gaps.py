@@ -170,12 +170,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def url(server: RedisServer) -> str:
-    import redis
-
-    client = redis.Redis.from_url(server.url)
-    client.flushall()
-    client.close()
-    return server.url
+    return server.emptied()
 
 
 def test_redis_store_keeps_gap_markers_across_restarts(server: RedisServer, url: str) -> None:

@@ -54,12 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 @pytest.fixture
 def url(server: RedisServer) -> str:
     """A clean database for each test."""
-    import redis
-
-    client = redis.Redis.from_url(server.url)
-    client.flushall()
-    client.close()
-    return server.url
+    return server.emptied()
 
 
 def child(script: str, *args: str) -> subprocess.Popen[str]:

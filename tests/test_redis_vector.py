@@ -40,12 +40,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 def clean(server: RedisServer) -> str:
-    import redis
-
-    client = redis.Redis.from_url(server.url)
-    client.flushall()
-    client.close()
-    return server.url
+    return server.emptied()
 
 
 def scene_records() -> list[SnippetRecord]:

@@ -49,15 +49,10 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
             return opened[-1]
 
     else:
-        import redis
-
         from livesense.memory.redis_store import QUERY_ENGINE, RedisStore
 
         stack = request.param == "redis-stack"
-        url = request.getfixturevalue("stack" if stack else "server").url
-        client = redis.Redis.from_url(url)
-        client.flushall()
-        client.close()
+        url = request.getfixturevalue("stack" if stack else "server").emptied()
         fast = RedisSettings(lease_ttl=1.0, retry_max=0.5)
 
         def make(readonly: bool = False) -> Store:

@@ -115,19 +115,21 @@ async def publish(
 
 
 class NumberTrack(VideoStreamTrack):
-    """Video whose frames show a moving bar (so every frame differs), at 320x240."""
+    """Video whose frames show a moving bar (so every frame differs), 320x240 by default."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 320, height: int = 240) -> None:
         super().__init__()
         self.count = 0
+        self.width, self.height = width, height
 
     async def recv(self) -> Any:
         import av
 
         pts, time_base = await self.next_timestamp()
-        img = np.full((240, 320, 3), 60, np.uint8)
-        x = (self.count * 4) % 300
-        img[100:140, x : x + 20] = 250
+        w, h = self.width, self.height
+        img = np.full((h, w, 3), 60, np.uint8)
+        x = (self.count * 4) % (w - 20)
+        img[h * 5 // 12 : h * 7 // 12, x : x + 20] = 250
         self.count += 1
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts, frame.time_base = pts, time_base

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from livesense.stream.media_guard import MediaGuard
@@ -25,34 +24,18 @@ from tests.test_whip import (
 )
 
 aiortc = pytest.importorskip("aiortc", reason="WebRTC tests need the webrtc extra (aiortc)")
-from aiortc.mediastreams import VideoStreamTrack  # noqa: E402
 
 
-class SmallTrack(VideoStreamTrack):
+def small_track() -> NumberTrack:
     """160x120 video with a moving bar: within the limits of the test."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    async def recv(self) -> Any:
-        import av
-
-        pts, time_base = await self.next_timestamp()
-        img = np.full((120, 160, 3), 40, np.uint8)
-        x = (self.count * 3) % 140
-        img[40:80, x : x + 20] = 250
-        self.count += 1
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts, frame.time_base = pts, time_base
-        return frame
+    return NumberTrack(160, 120)
 
 
-class GrowingTrack(SmallTrack):
+class GrowingTrack(NumberTrack):
     """160x120 for the first `small` frames, then 320x240 (a resolution change mid-stream)."""
 
     def __init__(self, small: int) -> None:
-        super().__init__()
+        super().__init__(160, 120)
         self.small = small
 
     async def recv(self) -> Any:
@@ -96,7 +79,7 @@ async def test_whip_media_beyond_the_limits_ends_that_stream_only(
     )
     caplog.set_level(logging.WARNING, logger="livesense")
     with LiveServer(settings) as live:
-        pc_fine, r = await publish(live.url, "fine", [SmallTrack()])
+        pc_fine, r = await publish(live.url, "fine", [small_track()])
         assert r.status_code == 201, r.text
         pc_big, r = await publish(live.url, "big", [NumberTrack()])  # 320x240 from the start
         assert r.status_code == 201, r.text

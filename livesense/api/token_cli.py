@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -61,11 +62,8 @@ def create(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Issue a token and print it: it is shown this once and stored only as a hash."""
-    store = _store(memory, redis, redis_prefix, config)
-    try:
+    with closing(_store(memory, redis, redis_prefix, config)) as store:
         token, info = store.create(scope, stream)
-    finally:
-        store.close()
     if as_json:
         print(json.dumps({"token": token, **info.to_json()}))
     else:
@@ -81,11 +79,8 @@ def revoke(
     config: ConfigOpt = None,
 ) -> None:
     """Revoke a token: the next request that presents it is refused."""
-    store = _store(memory, redis, redis_prefix, config)
-    try:
+    with closing(_store(memory, redis, redis_prefix, config)) as store:
         info = store.revoke(token)
-    finally:
-        store.close()
     out.print(f"revoked token {info.id} ({info.scope.value} on {info.stream or 'all streams'})")
 
 
@@ -98,11 +93,8 @@ def list_tokens(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List issued tokens (ids, scopes, streams; never the tokens)."""
-    store = _store(memory, redis, redis_prefix, config)
-    try:
+    with closing(_store(memory, redis, redis_prefix, config)) as store:
         infos = store.list()
-    finally:
-        store.close()
     if as_json:
         print(json.dumps({"tokens": [i.to_json() for i in infos]}))
         return

@@ -346,15 +346,21 @@ def whip_router(services: Services) -> WhipRouter:
             raise NotFoundError(f"There is no WHIP session {session[:40]} of stream {stream[:64]}.")
         return found
 
-    @router.patch("/whip/{stream}/{session}", response_class=Response)
-    async def trickle(stream: str, session: str, request: Request) -> Response:
-        """Trickle ICE: add the publisher's candidates (ICE restarts are refused with 422)."""
+    def _published(request: Request, stream: str, session: str) -> WhipSession | Response:
+        """The session a PATCH or DELETE names, or the response refusing the request."""
         if (denied := _denied(request, services, Scope.PUBLISH, stream)) is not None:
             return denied
         try:
-            found = _session(stream, session)
+            return _session(stream, session)
         except NotFoundError as e:
             return _error(404, str(e))
+
+    @router.patch("/whip/{stream}/{session}", response_class=Response)
+    async def trickle(stream: str, session: str, request: Request) -> Response:
+        """Trickle ICE: add the publisher's candidates (ICE restarts are refused with 422)."""
+        found = _published(request, stream, session)
+        if isinstance(found, Response):
+            return found
         if _media_type(request) != "application/trickle-ice-sdpfrag":
             return _error(
                 415,
@@ -380,12 +386,9 @@ def whip_router(services: Services) -> WhipRouter:
     @router.delete("/whip/{stream}/{session}")
     async def unpublish(stream: str, session: str, request: Request) -> Response:
         """End the session; what the stream stored so far stays in memory."""
-        if (denied := _denied(request, services, Scope.PUBLISH, stream)) is not None:
-            return denied
-        try:
-            found = _session(stream, session)
-        except NotFoundError as e:
-            return _error(404, str(e))
+        found = _published(request, stream, session)
+        if isinstance(found, Response):
+            return found
         await hub.end(found)
         return JSONResponse(
             {"stream": stream, "session": session, "ended": True}, headers=CORS
