@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -98,33 +99,48 @@ def make_sample(
         at = int((t0 + 0.5) * rate)
         audio[at : at + len(voice)] += voice * 0.9
         t0 += scene.seconds
+    bounds = np.cumsum([s.seconds for s in scenes])
+
+    def frame(t: float) -> np.ndarray:
+        scene = scenes[int(np.searchsorted(bounds, t, side="right"))]
+        return render_card(scene.caption, size, scene.background, t)
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_clip(path, (frame(i / fps) for i in range(int(total * fps))), audio, size=size, fps=fps)
+    return total
+
+
+def write_clip(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    audio: np.ndarray,
+    *,
+    size: tuple[int, int],
+    fps: int,
+    rate: int = 48_000,
+    crf: int = 23,
+) -> None:
+    """Encode RGB frames (each `size`, at `fps`) and mono float audio (at `rate`) into an
+    H.264 + AAC file."""
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=fps)
         vs.width, vs.height = size
         vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "veryfast", "crf": "23"}
+        vs.options = {"preset": "veryfast", "crf": str(crf)}
         aus = out.add_stream("aac", rate=rate)
         aus.layout = "mono"
-        n_frames = int(total * fps)
-        bounds = np.cumsum([s.seconds for s in scenes])
-        for i in range(n_frames):
-            t = i / fps
-            scene = scenes[int(np.searchsorted(bounds, t, side="right"))]
-            frame = av.VideoFrame.from_ndarray(
-                render_card(scene.caption, size, scene.background, t), "rgb24"
-            )
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, "rgb24")
             frame.pts = i
             frame.time_base = Fraction(1, fps)
             out.mux(vs.encode(frame))
         out.mux(vs.encode())
         step = 1024
         for i in range(0, len(audio), step):
-            chunk = audio[i : i + step]
+            chunk = np.ascontiguousarray(audio[i : i + step], np.float32)
             af = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
             af.sample_rate = rate
             af.pts = i
             af.time_base = Fraction(1, rate)
             out.mux(aus.encode(af))
         out.mux(aus.encode())
-    return total

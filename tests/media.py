@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from livesense.records import AUDIO_RATE, AudioChunk, EndOfStream, Gap, VideoFrame
+from livesense.sample import write_clip
 
 SPEECH_WAV = Path(__file__).parent / "data" / "speech.wav"
 SPEECH_TEXT = (
@@ -636,25 +637,7 @@ def make_photo_clip(
         card[y : y + small.shape[0], x : x + small.shape[1]] = small
         cards.append(card)
     bounds = np.cumsum([s for _, s in shots])
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height = size
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "veryfast", "crf": "20"}
-        aus = out.add_stream("aac", rate=rate)
-        aus.layout = "mono"
-        for i in range(int(total * fps)):
-            k = int(np.searchsorted(bounds, i / fps, side="right"))
-            frame = av.VideoFrame.from_ndarray(cards[k], "rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode())
-        for i in range(0, len(audio), 1024):
-            af = av.AudioFrame.from_ndarray(audio[None, i : i + 1024], format="flt", layout="mono")
-            af.sample_rate = rate
-            af.pts = i
-            af.time_base = Fraction(1, rate)
-            out.mux(aus.encode(af))
-        out.mux(aus.encode())
+    shown = np.searchsorted(bounds, np.arange(int(total * fps)) / fps, side="right")
+    frames = (cards[int(k)] for k in shown)
+    write_clip(path, frames, audio, size=size, fps=fps, rate=rate, crf=20)
     return path

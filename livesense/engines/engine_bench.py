@@ -580,16 +580,9 @@ def _det_work() -> Workload:
 
 
 def _det_post(engine: Engine, feeds: Feeds) -> Callable[[], Any]:
-    from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+    from livesense.engines.ocr import db_postprocess
 
-    post = DBPostProcess(
-        thresh=0.3,
-        box_thresh=0.5,
-        max_candidates=1000,
-        unclip_ratio=1.6,
-        score_mode="fast",
-        use_dilation=True,
-    )
+    post = db_postprocess()
     h, w = feeds["x"].shape[2:]
     pred = np.asarray(engine.run(feeds)[0])[:, :, :h, :w]
     return lambda: post(pred, (360, 640))
