@@ -641,3 +641,10 @@ def make_photo_clip(
     frames = (cards[int(k)] for k in shown)
     write_clip(path, frames, audio, size=size, fps=fps, rate=rate, crf=20)
     return path
+
+
+def sign(text: str, w: int = 640, h: int = 200) -> np.ndarray:
+    """A light card with one line of large dark text (the same pixels in RGB and BGR)."""
+    img = np.full((h, w, 3), 235, np.uint8)
+    cv2.putText(img, text, (30, h // 2 + 20), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (20, 20, 20), 4)
+    return img

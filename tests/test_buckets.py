@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -34,6 +33,7 @@ from livesense.engines.model_spec import (
 from livesense.engines.ocr import OcrReader
 from livesense.engines.onnx import OnnxEngine
 from livesense.engines.text import TextEmbedder
+from tests.media import sign
 
 SENTENCES = [
     "dog",
@@ -61,12 +61,6 @@ def free(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFactory]:
     f = factory_with(tmp_path_factory.mktemp("free"), "off")
     yield f
     f.close()
-
-
-def sign(text: str, w: int = 640, h: int = 200) -> np.ndarray:
-    img = np.full((h, w, 3), 235, np.uint8)
-    cv2.putText(img, text, (30, h // 2 + 20), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (20, 20, 20), 4)
-    return img
 
 
 def test_text_vectors_are_the_same_padded_to_buckets(

@@ -34,6 +34,7 @@ from livesense.engines.onnx import OnnxEngine, available_providers
 from livesense.engines.text import TextEmbedder
 from livesense.errors import LivesenseError
 from tests.conftest import livesense
+from tests.media import sign
 
 NO_GPU_STACK = importlib.util.find_spec("tensorrt") is None and not (
     {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(available_providers())
@@ -47,12 +48,6 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFactory]
     f = EngineFactory(settings, "auto")
     yield f
     f.close()
-
-
-def sign(text: str, w: int = 640, h: int = 200) -> np.ndarray:
-    img = np.full((h, w, 3), 235, np.uint8)
-    cv2.putText(img, text, (30, h // 2 + 20), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (20, 20, 20), 4)
-    return img
 
 
 # -- backend choice ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from livesense.engines.model_spec import (
     vad_spec,
 )
 from livesense.engines.onnx import OnnxEngine
+from tests.media import sign
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 pytestmark = [
@@ -65,12 +66,6 @@ def factory(cache_dir: Path) -> Iterator[EngineFactory]:
     f.close()
 
 
-def sign_bgr(text: str, w: int = 640, h: int = 200) -> np.ndarray:
-    img = np.full((h, w, 3), 235, np.uint8)
-    cv2.putText(img, text, (30, h // 2 + 20), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (20, 20, 20), 4)
-    return img
-
-
 def text_feeds() -> dict[str, np.ndarray]:
     from tokenizers import Tokenizer
 
@@ -88,7 +83,7 @@ def det_feeds() -> dict[str, np.ndarray]:
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
 
     pre = DetPreProcess(960, "max", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
-    x = pre(sign_bgr("PLATFORM 9 ROME"))
+    x = pre(sign("PLATFORM 9 ROME"))
     assert x is not None
     return {"x": np.concatenate([x, x[:, :, ::-1]])}
 
@@ -96,7 +91,7 @@ def det_feeds() -> dict[str, np.ndarray]:
 def rec_feeds() -> dict[str, np.ndarray]:
     from livesense.engines.ocr import rec_input
 
-    crops = [sign_bgr(t, w=560, h=80)[10:70] for t in ("PLATFORM 9", "ROME 07:30", "CAFE")]
+    crops = [sign(t, w=560, h=80)[10:70] for t in ("PLATFORM 9", "ROME 07:30", "CAFE")]
     return {"x": np.stack([rec_input(c, 640) for c in crops])}
 
 
@@ -250,7 +245,7 @@ def test_sixteen_streams_share_batches_on_tensorrt(cache_dir: Path) -> None:
         plain = TextEmbedder(factory=f, batch=False)
         reader = OcrReader(factory=f)
         ref = plain.embed(SENTENCES)
-        image = cv2.cvtColor(sign_bgr("PLATFORM 9"), cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(sign("PLATFORM 9"), cv2.COLOR_BGR2RGB)
         errors: list[str] = []
 
         def stream(s: int) -> None:
