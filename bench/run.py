@@ -27,6 +27,7 @@ import numpy as np
 from livesense.config import load_settings
 from livesense.engines.text import shared_text_embedder
 from livesense.memory.store import MemoryStore
+from livesense.memory.store_base import Store
 from livesense.memory.watch import WatchHub
 from livesense.pipeline import metrics
 from livesense.pipeline.stream_pipeline import StreamPipeline, StreamStatus
@@ -83,6 +84,18 @@ def ffmpeg_decode_seconds(clip: Path) -> float | None:
     return time.perf_counter() - t0
 
 
+async def run_to_end(pipeline: StreamPipeline, store: Store) -> tuple[StreamStatus, float]:
+    """Run an ingest to its end and close the store: its status and wall seconds (a failed
+    ingest stops the benchmark with its reason)."""
+    t0 = time.perf_counter()
+    status = await pipeline.run()
+    wall = time.perf_counter() - t0
+    store.close()
+    if status.error:
+        raise SystemExit(f"ingest failed: {status.error}")
+    return status, wall
+
+
 async def ingest(
     clip: Path, memory: Path, realtime: bool, hub: WatchHub | None = None
 ) -> dict[str, Any]:
@@ -99,12 +112,7 @@ async def ingest(
     pipeline = StreamPipeline(
         "bench", str(clip), settings, store, perception, realtime=realtime, on_record=on_record
     )
-    t0 = time.perf_counter()
-    status = await pipeline.run()
-    wall = time.perf_counter() - t0
-    store.close()
-    if status.error:
-        raise SystemExit(f"ingest failed: {status.error}")
+    status, wall = await run_to_end(pipeline, store)
     asr = getattr(perception, "_transcriber", None)  # shared by the process's streams
     return {
         "wall_s": wall,

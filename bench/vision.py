@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import SENTENCES, ffmpeg_decode_seconds, scenes
+from bench.run import SENTENCES, ffmpeg_decode_seconds, run_to_end, scenes
 from livesense.config import load_settings
 from livesense.pipeline.stream_pipeline import StreamPipeline
 from livesense.sample import Scene, make_sample
@@ -44,12 +44,7 @@ async def ingest(clip: Path, memory: Path, vision: bool) -> dict[str, Any]:
     detector: Any = getattr(perception, "_detector", None)
     classifier: Any = getattr(perception, "_scenes", None)
     before = [(m.calls, m.seconds) if m is not None else (0, 0.0) for m in (detector, classifier)]
-    t0 = time.perf_counter()
-    status = await pipeline.run()
-    wall = time.perf_counter() - t0
-    store.close()
-    if status.error:
-        raise SystemExit(f"ingest failed: {status.error}")
+    status, wall = await run_to_end(pipeline, store)
     out: dict[str, Any] = {"wall_s": round(wall, 2), "snippets": status.snippets}
     for name, model, (calls0, seconds0) in zip(
         ("detector", "classifier"), (detector, classifier), before, strict=True
