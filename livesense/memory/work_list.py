@@ -82,18 +82,12 @@ class WorkList:
         if current is not None and json.loads(current).get("wanted"):
             raise QueryError(f"Stream {stream} is already being ingested; stop it first.")
         status = _status(stream, shown, "queued")
-        await self._write(r, stream, spec, status)
-        return status
-
-    async def _write(
-        self, r: Any, stream: str, spec: dict[str, Any], status: dict[str, Any]
-    ) -> None:
-        """Store a stream's spec and status together and wake the workers."""
         pipe = r.pipeline(transaction=True)
         pipe.hset(self.keys.specs, stream, json.dumps(spec))
         pipe.hset(self.keys.status, stream, json.dumps(status))
         pipe.publish(self.keys.wake, stream)
         await self._do(pipe.execute())
+        return status
 
     async def stop(self, stream: str) -> dict[str, Any]:
         """Withdraw a stream; its worker stops it and reports 'stopped'."""
@@ -106,7 +100,11 @@ class WorkList:
         spec["wanted"] = False
         status = await self.status(stream) or _status(stream, spec["url"], "stopping")
         status["state"] = "stopping"
-        await self._write(r, stream, spec, status)
+        pipe = r.pipeline(transaction=True)
+        pipe.hset(self.keys.specs, stream, json.dumps(spec))
+        pipe.hset(self.keys.status, stream, json.dumps(status))
+        pipe.publish(self.keys.wake, stream)
+        await self._do(pipe.execute())
         return status
 
     def source_url(self, spec: dict[str, Any]) -> str:
