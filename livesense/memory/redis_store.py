@@ -378,12 +378,6 @@ class RedisStore(Store):
         link.io.stop()
         self._follower.local.close()
 
-    def __enter__(self) -> RedisStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         mode = "read-only" if self.readonly else "writer"
         return f"RedisStore({self._link.shown!r}, {mode}, prefix={self.keys.prefix!r})"

@@ -762,12 +762,6 @@ class MemoryStore(Store):
                 self._index.save_lists()
             self._release_lock()
 
-    def __enter__(self) -> MemoryStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         mode = "read-only" if self.readonly else "writer"
         return f"MemoryStore({str(self.root)!r}, {mode}, {len(self._index)} moments)"

@@ -14,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from livesense.config import MemorySettings
 from livesense.engines.text import TextEmbedder, shared_text_embedder
@@ -258,7 +258,7 @@ class Store(ABC):
     def close(self) -> None:
         """Store what is pending and let go of every resource (idempotent)."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
