@@ -542,12 +542,7 @@ def fill_rows(buf: np.ndarray, rows: Sequence[np.ndarray], axis: int) -> None:
                 beyond[axis] = slice(r, r + 1)
                 beyond[d] = slice(row.shape[d], None)
                 buf[tuple(beyond)] = 0
-    if buf.shape[axis] > n:
-        extra: list[slice] = [slice(None)] * buf.ndim
-        extra[axis] = slice(n, None)
-        last: list[slice] = [slice(None)] * buf.ndim
-        last[axis] = slice(n - 1, n)
-        buf[tuple(extra)] = buf[tuple(last)]
+    _repeat_last(buf, axis, n)
 
 
 def pad_into(buf: np.ndarray, arr: np.ndarray, axis: int) -> None:
@@ -563,11 +558,16 @@ def pad_into(buf: np.ndarray, arr: np.ndarray, axis: int) -> None:
             index[axis] = slice(0, rows)
             index[d] = slice(arr.shape[d], None)
             buf[tuple(index)] = 0
-    if buf.shape[axis] > rows:
-        extra: list[slice] = [slice(None)] * arr.ndim
-        extra[axis] = slice(rows, None)
-        last: list[slice] = [slice(None)] * arr.ndim
-        last[axis] = slice(rows - 1, rows)
+    _repeat_last(buf, axis, rows)
+
+
+def _repeat_last(buf: np.ndarray, axis: int, n: int) -> None:
+    """Rows of `buf` beyond the first `n` along `axis` repeat row n - 1 (a valid input)."""
+    if buf.shape[axis] > n:
+        extra: list[slice] = [slice(None)] * buf.ndim
+        extra[axis] = slice(n, None)
+        last: list[slice] = [slice(None)] * buf.ndim
+        last[axis] = slice(n - 1, n)
         buf[tuple(extra)] = buf[tuple(last)]
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from livesense.engines.batcher import Batcher, bucket, groups
 from livesense.engines.engine import Engine, shape_key
-from livesense.engines.engine_factory import EngineFactory
+from livesense.engines.engine_factory import EngineFactory, best_seconds
 from livesense.engines.model_spec import (
     CLIP_IMAGE,
     CLIP_TEXT,
@@ -211,7 +211,7 @@ class EngineBench:
         if work.pre_s is not None:
             adapter["pre"] = round(1000.0 * work.pre_s, 4)
         if work.post is not None:
-            adapter["post"] = round(1000.0 * _per_call(work.post(engine, work.items[0])), 4)
+            adapter["post"] = round(1000.0 * best_seconds(work.post(engine, work.items[0]), 5), 4)
         for figures in phases.values():
             figures.update(adapter)  # type: ignore[arg-type]
         shapes: dict[str, Any] = {"buckets": 0, **_stat_json(engine)}
@@ -355,17 +355,6 @@ def _stat_copy(engine: Engine) -> dict[str, float]:
 def _stat_json(engine: Engine) -> dict[str, Any]:
     j = engine.shape_stats.as_json()
     return {k: j[k] for k in ("runs", "shapes_run", "switches")}
-
-
-def _per_call(fn: Callable[[], Any], runs: int = 5) -> float:
-    """Seconds of one call of `fn` (one untimed call first, then the best of `runs`)."""
-    fn()
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bucket_shapes(engine: Engine, item: Feeds) -> dict[str, tuple[int, ...]]:

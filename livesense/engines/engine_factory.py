@@ -78,6 +78,17 @@ def backend_problem(backend: str) -> str | None:
     return None
 
 
+def best_seconds(fn: Callable[[], Any], runs: int) -> float:
+    """Seconds of one call of `fn`: one untimed call first, then the best of `runs`."""
+    fn()
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def per_item_seconds(engine: Engine, buckets: Buckets, batch: int, runs: int = 3) -> float:
     """Seconds per item of `engine` at its most common bucket and this batch size (zeros in,
     one untimed run first, the best of `runs`)."""
@@ -98,13 +109,7 @@ def per_item_seconds(engine: Engine, buckets: Buckets, batch: int, runs: int = 3
         else:
             engine._run_fixed(engine.buckets, feeds, None)
 
-    once()
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        once()
-        best = min(best, time.perf_counter() - t0)
-    return best / batch
+    return best_seconds(once, runs) / batch
 
 
 SPLIT_MARGIN = 2.0
